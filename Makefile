@@ -1,0 +1,33 @@
+# Two commands a newcomer needs (see README.md):
+#   make demo   set up .venv and materialize every asset on the demo data (embedded defaults)
+#   make test   set up .venv and run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# A persistent Dagster instance, so CLI runs show up in `dagster dev`'s UI afterwards.
+export DAGSTER_HOME := $(CURDIR)/.dagster_home
+
+.PHONY: setup demo test dev lint demo-data
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup
+	$(BIN)/dagster asset materialize -m rcmd_pipeline.definitions --select '*'
+
+test: setup
+	$(BIN)/python -m pytest -ra
+
+dev: setup
+	$(BIN)/dagster dev
+
+lint: setup
+	$(BIN)/ruff check rcmd_pipeline rcmd_pipeline_tests benchmarks
+
+demo-data: setup
+	$(BIN)/python -m rcmd_pipeline.demo.generate

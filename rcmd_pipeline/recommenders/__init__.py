@@ -1,0 +1,6 @@
+"""Recommendation strategies: plain Python, no Dagster imports, one batch method each."""
+
+from rcmd_pipeline.recommenders.base import PAD, Recommender, sample_distinct
+from rcmd_pipeline.recommenders.random_baseline import RandomRecommender
+
+__all__ = ["PAD", "RandomRecommender", "Recommender", "sample_distinct"]

@@ -1,0 +1,1 @@
+"""Resources, one module per external system, each chosen from the environment in definitions.py."""

@@ -1,0 +1,69 @@
+"""Asset values on local disk, under ``RCMD_DATA_DIR``.
+
+DataFrames are stored as Parquet (typed, compact, readable by any tool); anything else is pickled.
+Every write goes to a temporary file that is renamed into place only once complete, so a failed or
+killed step never leaves a half-written value behind and downstream steps keep reading the
+previous one.
+
+A downstream asset may read only some columns of a large frame by declaring them in its input's
+metadata, e.g. ``AssetIn(metadata={"columns": ["userId", "movieId", "timestamp"]})``: MovieLens
+32M's ratings then cost 0.5 GB instead of 0.65 GB in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from dagster import ConfigurableIOManager, InputContext, OutputContext
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename the temporary file onto ``path`` (same folder)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class LocalStateIOManager(ConfigurableIOManager):
+    """Stores each asset's value in ``<base_dir>/assets/<asset key>.parquet`` (or ``.pickle``)."""
+
+    base_dir: str
+
+    def _stem(self, context: InputContext | OutputContext) -> Path:
+        return Path(self.base_dir, "assets", *context.asset_key.path)
+
+    def handle_output(self, context: OutputContext, obj) -> None:
+        stem = self._stem(context)
+        if isinstance(obj, pd.DataFrame):
+            table = pa.Table.from_pandas(obj, preserve_index=False)
+            atomic_write(stem.with_suffix(".parquet"), lambda p: pq.write_table(table, p))
+            stem.with_suffix(".pickle").unlink(missing_ok=True)
+        else:
+            atomic_write(stem.with_suffix(".pickle"), lambda p: p.write_bytes(pickle.dumps(obj)))
+            stem.with_suffix(".parquet").unlink(missing_ok=True)
+
+    def load_input(self, context: InputContext):
+        stem = self._stem(context)
+        parquet = stem.with_suffix(".parquet")
+        if parquet.exists():
+            columns = (context.definition_metadata or {}).get("columns")
+            return pq.read_table(parquet, columns=columns).to_pandas()
+        pickled = stem.with_suffix(".pickle")
+        if pickled.exists():
+            return pickle.loads(pickled.read_bytes())
+        raise FileNotFoundError(
+            f"No stored value for asset {context.asset_key.to_user_string()} under {self.base_dir}; "
+            "materialize it first (RCMD_DATA_DIR decides where values are kept)."
+        )

@@ -1,0 +1,40 @@
+"""Where the pipeline reads its input and keeps its local state, decided by environment variables.
+
+- ``RCMD_DATASET_PATH``: folder with the MovieLens files (``ratings.parquet`` or ``ratings.csv``,
+  ``links.csv``, ``movies.csv``). Unset: the demo data set committed under ``data/demo``.
+- ``RCMD_DATA_DIR``: folder for every piece of local state the pipeline writes (asset values,
+  caches, SQLite files, the embedded vector store). Unset: ``data/state/demo`` for the demo data
+  set, or ``data/state/<folder name>-<hash of its path>`` for any other data set, so that a run on
+  other data never touches the demo's state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEMO_DATASET_DIR = PROJECT_ROOT / "data" / "demo"
+STATE_ROOT = PROJECT_ROOT / "data" / "state"
+
+DATASET_ENV = "RCMD_DATASET_PATH"
+DATA_DIR_ENV = "RCMD_DATA_DIR"
+
+
+def dataset_path() -> Path:
+    """The MovieLens folder to read: ``RCMD_DATASET_PATH``, or the demo data set when unset."""
+    value = os.environ.get(DATASET_ENV, "").strip()
+    return Path(value).expanduser() if value else DEMO_DATASET_DIR
+
+
+def data_dir() -> Path:
+    """The folder for local state (see the module docstring); not created here."""
+    value = os.environ.get(DATA_DIR_ENV, "").strip()
+    if value:
+        return Path(value).expanduser()
+    dataset = dataset_path()
+    if dataset.resolve() == DEMO_DATASET_DIR.resolve():
+        return STATE_ROOT / "demo"
+    digest = hashlib.sha256(str(dataset.resolve()).encode()).hexdigest()[:8]
+    return STATE_ROOT / f"{dataset.resolve().name or 'dataset'}-{digest}"

@@ -1,0 +1,72 @@
+"""Shared test helpers: small MovieLens folders written on the fly and materializing the graph."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from dagster import materialize
+
+from rcmd_pipeline.definitions import all_assets
+from rcmd_pipeline.resources.local_state import LocalStateIOManager
+from rcmd_pipeline.resources.movielens import MovieLensFiles
+
+
+def write_dataset(folder: Path, ratings: pd.DataFrame | str, *, fmt: str = "csv",
+                  links: str | None = None, movies: str | None = None) -> Path:
+    """A MovieLens folder; ``ratings`` as a frame (written as csv or parquet) or raw CSV text."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(ratings, str):
+        (folder / "ratings.csv").write_text(ratings, encoding="utf-8")
+        movie_ids = []
+    else:
+        if fmt == "parquet":
+            ratings.to_parquet(folder / "ratings.parquet", index=False)
+        else:
+            ratings.to_csv(folder / "ratings.csv", index=False)
+        movie_ids = sorted({int(m) for m in ratings["movieId"].dropna()}) if "movieId" in ratings else []
+    if links is None:
+        links = "movieId,imdbId,tmdbId\n" + "".join(f"{m},{m:07d},{1000 + m}\n" for m in movie_ids)
+    if movies is None:
+        movies = "movieId,title,genres\n" + "".join(f"{m},Movie {m} (2000),Drama\n" for m in movie_ids)
+    (folder / "links.csv").write_text(links, encoding="utf-8")
+    (folder / "movies.csv").write_text(movies, encoding="utf-8")
+    return folder
+
+
+def synthetic_ratings(users: int = 60, movies: int = 12, per_user: int = 10, seed: int = 0) -> pd.DataFrame:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(1, users + 1):
+        picks = rng.choice(np.arange(1, movies + 1), size=min(per_user, movies), replace=False)
+        start = int(rng.integers(9e8, 1.6e9))
+        for i, m in enumerate(picks):
+            rows.append((u, int(m), float(rng.integers(1, 11)) / 2, start + 60 * i))
+    return pd.DataFrame(rows, columns=["userId", "movieId", "rating", "timestamp"])
+
+
+def materialize_all(dataset: Path, data_dir: Path, run_config: dict | None = None, selection=None,
+                    raise_on_error: bool = True):
+    return materialize(
+        all_assets,
+        selection=selection,
+        resources={
+            "io_manager": LocalStateIOManager(base_dir=str(data_dir)),
+            "movielens": MovieLensFiles(path=str(dataset)),
+        },
+        run_config=run_config or {},
+        raise_on_error=raise_on_error,
+    )
+
+
+def small_run_config(min_movie_ratings: int = 5, eval_size: int = 50) -> dict:
+    return {"ops": {"eval_transitions": {"config": {"min_movie_ratings": min_movie_ratings,
+                                                     "eval_size": eval_size}}}}
+
+
+@pytest.fixture
+def small_dataset(tmp_path: Path) -> Path:
+    return write_dataset(tmp_path / "movielens", synthetic_ratings())
