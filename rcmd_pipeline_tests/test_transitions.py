@@ -54,7 +54,7 @@ def test_same_second_ratings_of_one_user_pair_in_movie_id_order():
 def test_result_is_identical_whatever_the_input_order():
     rng = np.random.default_rng(1)
     rows = [(int(u), int(m), int(t)) for u, m, t in zip(rng.integers(1, 30, 600), rng.integers(1, 25, 600),
-                                                         rng.integers(0, 40, 600))]
+                                                         rng.integers(0, 40, 600), strict=True)]
     first = _run(rows, min_movie_ratings=20, eval_size=50)
     shuffled = [rows[i] for i in rng.permutation(len(rows))]
     pd.testing.assert_frame_equal(first, _run(shuffled, min_movie_ratings=20, eval_size=50))

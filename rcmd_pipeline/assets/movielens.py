@@ -7,7 +7,7 @@ before anything downstream is touched, with a message naming the file, column an
 
 
 import pandas as pd
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MetadataValue, asset
 
 from rcmd_pipeline.resources.movielens import MovieLensFiles
 

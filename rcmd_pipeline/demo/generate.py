@@ -181,7 +181,7 @@ def simulate(movies: list[Movie], seed: int = SEED, n_users: int = N_USERS) -> l
     for user in range(1, n_users + 1):
         taste = {g: rng.random() ** 2 for g in genres}
         appeal = [0.3 + sum(taste[g] for g in m.genres) / len(m.genres) for m in movies]
-        picker = _Picker([p * a * a for p, a in zip(popularity, appeal)])
+        picker = _Picker([p * a * a for p, a in zip(popularity, appeal, strict=True)])
         # later starts are likelier, as MovieLens grew over the years
         now = START + int((LATE_START - START) * math.sqrt(rng.random()))
         count = min(len(movies) - 1, 20 + int(rng.lognormvariate(3.2, 0.9)))

@@ -1,0 +1,104 @@
+"""The whole graph on the demo data, the definitions, and the CLI against a persistent instance."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus
+
+from rcmd_pipeline import settings
+from rcmd_pipeline.definitions import defs
+from rcmd_pipeline_tests.conftest import materialize_all, small_run_config
+
+EXPECTED_ASSETS = {"movielens_ratings", "movielens_links", "movielens_movies", "eval_transitions",
+                   "hit_ratio_random"}
+ROOT = settings.PROJECT_ROOT
+
+
+def test_definitions_load_with_every_asset_grouped_and_described():
+    graph = defs.resolve_asset_graph()
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert EXPECTED_ASSETS <= keys
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.group_name != "default", f"{key} has no group"
+        assert node.description, f"{key} has no description for the UI"
+    assert defs.resolve_job_def("rcmd_full_pipeline")
+    assert graph.get(AssetKey("eval_transitions")).parent_keys == {AssetKey("movielens_ratings")}
+
+
+def test_materialize_every_asset_on_the_demo_data_with_the_study_defaults(tmp_path):
+    result = materialize_all(settings.DEMO_DATASET_DIR, tmp_path)
+    assert result.success
+    meta = {e.asset_key.to_user_string(): e.materialization.metadata
+            for e in result.get_asset_materialization_events()}
+    pairs = meta["eval_transitions"]
+    assert pairs["pair_count"].value == 3000
+    assert pairs["user_count"].value > 100 and pairs["movie_count"].value > 50
+    assert pairs["first_time"].value < pairs["last_time"].value
+    random_meta = meta["hit_ratio_random"]
+    assert random_meta["n"].value == 3000 and random_meta["k"].value == 10
+    # 10 of ~300 movies at random: about 3% of the pairs, far from what a real strategy reaches
+    assert 0.0 <= random_meta["hit_ratio"].value < 0.08
+    assert random_meta["queries_per_second"].value > 0
+    assert sorted(p.name for p in (tmp_path / "assets").iterdir()) == sorted(
+        [f"{k}.parquet" for k in ("movielens_ratings", "movielens_links", "movielens_movies", "eval_transitions")]
+        + ["hit_ratio_random.pickle"]
+    )
+
+
+def test_materializing_twice_gives_the_same_evaluation_set_and_score(tmp_path, small_dataset):
+    first = materialize_all(small_dataset, tmp_path / "a", small_run_config())
+    second = materialize_all(small_dataset, tmp_path / "b", small_run_config())
+    assert (tmp_path / "a/assets/eval_transitions.parquet").read_bytes() == (
+        tmp_path / "b/assets/eval_transitions.parquet").read_bytes()
+    assert first.output_for_node("hit_ratio_random")["hit_ratio"] == second.output_for_node(
+        "hit_ratio_random")["hit_ratio"]
+
+
+def test_state_of_other_data_never_lands_in_the_demo_state(monkeypatch, tmp_path):
+    monkeypatch.delenv(settings.DATA_DIR_ENV, raising=False)
+    monkeypatch.delenv(settings.DATASET_ENV, raising=False)
+    assert settings.data_dir() == settings.STATE_ROOT / "demo"
+    monkeypatch.setenv(settings.DATASET_ENV, str(tmp_path / "ml-32m"))
+    other = settings.data_dir()
+    assert other.parent == settings.STATE_ROOT and other.name.startswith("ml-32m-")
+    monkeypatch.setenv(settings.DATA_DIR_ENV, str(tmp_path / "state"))
+    assert settings.data_dir() == tmp_path / "state"
+
+
+def _cli_env(tmp_path: Path) -> dict:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / ".dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RCMD_", "DAGSTER_"))}
+    env.update(DAGSTER_HOME=str(home), RCMD_DATA_DIR=str(tmp_path / "state"))
+    return env
+
+
+@pytest.mark.slow
+def test_cli_materialize_is_recorded_in_the_persistent_instance(tmp_path):
+    env = _cli_env(tmp_path)
+    dagster = Path(sys.executable).with_name("dagster")
+    done = subprocess.run(
+        [str(dagster), "asset", "materialize", "-m", "rcmd_pipeline.definitions", "--select", "*"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    with DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        runs = instance.get_runs()
+        assert [r.status for r in runs] == [DagsterRunStatus.SUCCESS]
+        for name in EXPECTED_ASSETS:
+            assert instance.get_latest_materialization_event(AssetKey(name)) is not None, name
+
+
+@pytest.mark.slow
+def test_definitions_validate_from_the_project_root_without_flags(tmp_path):
+    dagster = Path(sys.executable).with_name("dagster")
+    done = subprocess.run([str(dagster), "definitions", "validate"], cwd=ROOT, env=_cli_env(tmp_path),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Validation successful" in done.stderr + done.stdout
