@@ -31,6 +31,9 @@ float arithmetic, so the bytes are the same on every machine):
 - ratings come in bursts: with probability ``P_SAME_SECOND`` the next rating has the same timestamp
   (as MovieLens users rating many films at once), otherwise minutes or days later;
 - the rating value grows with the movie's appeal to the user, plus noise, in half stars.
+
+As on the real TMDB, where many less-known films have no Korean overview, the
+``NO_OVERVIEW_COUNT`` least-voted movies outside any series ship with an empty ``overview``.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ P_SIMILAR = 0.30
 SIMILAR_TOP = 12
 P_SAME_SECOND = 0.30
 P_SHORT_GAP = 0.45  # minutes; else days
+NO_OVERVIEW_COUNT = 10
 START = int(datetime(1996, 1, 1, tzinfo=timezone.utc).timestamp())
 LATE_START = int(datetime(2023, 6, 30, tzinfo=timezone.utc).timestamp())
 END = int(datetime(2023, 10, 12, tzinfo=timezone.utc).timestamp())
@@ -120,11 +124,15 @@ def load_catalog() -> tuple[list[Movie], dict[int, str]]:
         with open(part, encoding="utf-8", newline="") as f:
             for r in csv.DictReader(f):
                 series_ko[int(r["collection_id"])] = r["name_ko"]
+    no_overview = {m.movie_id for m in sorted((m for m in movies if not m.collection_id),
+                                              key=lambda m: (m.vote_count, m.movie_id))[:NO_OVERVIEW_COUNT]}
     for m in movies:
         m.release_ts = int(datetime.fromisoformat(m.release_date).replace(tzinfo=timezone.utc).timestamp())
         t = texts.get(m.tmdb_id)
         if t:
             m.title_ko, m.tagline_ko, m.overview_ko = t["title_ko"], t["tagline_ko"], t["overview_ko"]
+        if m.movie_id in no_overview:
+            m.overview_ko = ""
     return movies, series_ko
 
 
