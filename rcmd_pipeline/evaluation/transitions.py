@@ -101,7 +101,8 @@ def build_eval_transitions(
     # pair, so the window may hold fewer than eval_size pairs; then it is doubled.
     want = min(len(kept_times), 2 * settings.eval_size)
     while True:
-        threshold = np.partition(kept_times, len(kept_times) - want)[len(kept_times) - want]
+        kept_times.partition(len(kept_times) - want)  # in place: no second copy of ~28 M times
+        threshold = kept_times[len(kept_times) - want]
         recent = mask & (times >= threshold)
         owners = np.zeros(max_user + 1, dtype=bool)
         owners[users[recent]] = True

@@ -144,14 +144,15 @@ def _float_column(path: Path, name: str, column: pa.ChunkedArray) -> np.ndarray:
     return numeric.to_numpy(dtype=np.float32)
 
 
-def _read_ratings_table(path: Path, columns: Sequence[str]) -> pa.Table:
-    if path.suffix == ".parquet":
-        try:
-            schema = pq.read_schema(path)
-        except (pa.ArrowException, OSError) as exc:
-            raise DatasetError(f"{path}: not a readable parquet file ({exc}).") from exc
-        _require_columns(path, schema.names, RATINGS_COLUMNS)
-        return pq.read_table(path, columns=list(columns))
+def _check_parquet(path: Path) -> None:
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DatasetError(f"{path}: not a readable parquet file ({exc}).") from exc
+    _require_columns(path, schema.names, RATINGS_COLUMNS)
+
+
+def _read_csv_table(path: Path, columns: Sequence[str]) -> pa.Table:
     _require_columns(path, _csv_header(path), RATINGS_COLUMNS)
     wanted = {c: t for c, t in {"userId": pa.int64(), "movieId": pa.int64(),
                                  "rating": pa.float64(), "timestamp": pa.int64()}.items() if c in columns}
@@ -174,6 +175,31 @@ def _read_ratings_table(path: Path, columns: Sequence[str]) -> pa.Table:
             ) from exc
 
 
+def _parquet_int_column_fast(path: Path, name: str) -> np.ndarray | None:
+    """Read one integer column row group by row group straight into a compact array.
+
+    Peak memory is the result plus one row group, instead of the whole int64 column plus its
+    copy. Returns None when the column needs the careful path (not integers, nulls, out of range),
+    which then names the offending rows.
+    """
+    minimum, dtype, _ = _INT_RULES[name]
+    parquet = pq.ParquetFile(path)
+    out = np.empty(parquet.metadata.num_rows, dtype=dtype)
+    top = np.iinfo(dtype).max
+    pos = 0
+    for group in range(parquet.num_row_groups):
+        column = parquet.read_row_group(group, columns=[name]).column(0)
+        if not pa.types.is_integer(column.type) or column.null_count:
+            return None
+        for chunk in column.chunks:
+            values = chunk.to_numpy()
+            if len(values) and (values.min() < minimum or values.max() > top):
+                return None
+            out[pos:pos + len(values)] = values
+            pos += len(values)
+    return out if pos == len(out) else None
+
+
 def read_ratings(folder: Path, columns: Sequence[str] = RATINGS_COLUMNS) -> pd.DataFrame:
     """Read and validate the ratings, returning compact dtypes (int32 ids, int64 timestamps).
 
@@ -184,8 +210,17 @@ def read_ratings(folder: Path, columns: Sequence[str] = RATINGS_COLUMNS) -> pd.D
     if unknown:
         raise ValueError(f"unknown ratings columns requested: {unknown}")
     path = ratings_file(folder)
-    table = _read_ratings_table(path, columns)
     out = {}
+    if path.suffix == ".parquet":
+        _check_parquet(path)
+        for name in columns:
+            values = _parquet_int_column_fast(path, name) if name in _INT_RULES else None
+            if values is None:
+                column = pq.read_table(path, columns=[name]).column(name)
+                values = _float_column(path, name, column) if name == "rating" else _int_column(path, name, column)
+            out[name] = values
+        return pd.DataFrame(out, copy=False)
+    table = _read_csv_table(path, columns)
     for name in columns:
         column = table.column(name)
         out[name] = _float_column(path, name, column) if name == "rating" else _int_column(path, name, column)
