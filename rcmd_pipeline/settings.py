@@ -2,6 +2,8 @@
 
 - ``RCMD_DATASET_PATH``: folder with the MovieLens files (``ratings.parquet`` or ``ratings.csv``,
   ``links.csv``, ``movies.csv``). Unset: the demo data set committed under ``data/demo``.
+- ``RCMD_TMDB_SNAPSHOT_DIR``: TMDB-shaped ``ko-KR`` movie-details JSON files (``<tmdbId>.json``),
+  read when no TMDB credential is set. Unset: ``<RCMD_DATASET_PATH>/tmdb/ko-KR``.
 - ``RCMD_DATA_DIR``: folder for every piece of local state the pipeline writes (asset values,
   caches, SQLite files, the embedded vector store). Unset: ``data/state/demo`` for the demo data
   set, or ``data/state/<folder name>-<hash of its path>`` for any other data set, so that a run on
@@ -20,6 +22,7 @@ STATE_ROOT = PROJECT_ROOT / "data" / "state"
 
 DATASET_ENV = "RCMD_DATASET_PATH"
 DATA_DIR_ENV = "RCMD_DATA_DIR"
+TMDB_SNAPSHOT_ENV = "RCMD_TMDB_SNAPSHOT_DIR"
 
 
 def dataset_path() -> Path:
@@ -38,3 +41,9 @@ def data_dir() -> Path:
         return STATE_ROOT / "demo"
     digest = hashlib.sha256(str(dataset.resolve()).encode()).hexdigest()[:8]
     return STATE_ROOT / f"{dataset.resolve().name or 'dataset'}-{digest}"
+
+
+def tmdb_snapshot_dir() -> Path:
+    """Where the snapshot TMDB client reads ``<tmdbId>.json`` files (see the module docstring)."""
+    value = os.environ.get(TMDB_SNAPSHOT_ENV, "").strip()
+    return Path(value).expanduser() if value else dataset_path() / "tmdb" / "ko-KR"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -9,8 +10,10 @@ import pytest
 from dagster import materialize
 
 from rcmd_pipeline.definitions import all_assets
-from rcmd_pipeline.resources.local_state import LocalStateIOManager
+from rcmd_pipeline.resources.local_state import LocalStateDir, LocalStateIOManager
+from rcmd_pipeline.resources.movie_db import MovieDatabase
 from rcmd_pipeline.resources.movielens import MovieLensFiles
+from rcmd_pipeline.resources.tmdb import SnapshotTmdbClient
 
 
 def write_dataset(folder: Path, ratings: pd.DataFrame | str, *, fmt: str = "csv",
@@ -32,6 +35,14 @@ def write_dataset(folder: Path, ratings: pd.DataFrame | str, *, fmt: str = "csv"
         movies = "movieId,title,genres\n" + "".join(f"{m},Movie {m} (2000),Drama\n" for m in movie_ids)
     (folder / "links.csv").write_text(links, encoding="utf-8")
     (folder / "movies.csv").write_text(movies, encoding="utf-8")
+    snapshot = folder / "tmdb" / "ko-KR"
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for m in movie_ids:  # movies 1-3, 4-6 and 7-9 form three series; the rest stand alone
+        series = {"id": 500 + (m - 1) // 3, "name": f"시리즈 {(m - 1) // 3}"} if m <= 9 else None
+        body = {"id": 1000 + m, "title": f"영화 {m}", "original_title": f"Movie {m}", "original_language": "en",
+                "overview": f"영화 {m}의 줄거리" if m % 5 else "", "release_date": f"{1990 + m}-01-01",
+                "runtime": 90 + m, "belongs_to_collection": series, "adult": False, "imdb_id": f"tt{m:07d}"}
+        (snapshot / f"{1000 + m}.json").write_text(json.dumps(body, ensure_ascii=False), encoding="utf-8")
     return folder
 
 
@@ -53,13 +64,22 @@ def materialize_all(dataset: Path, data_dir: Path, run_config: dict | None = Non
     return materialize(
         all_assets,
         selection=selection,
-        resources={
-            "io_manager": LocalStateIOManager(base_dir=str(data_dir)),
-            "movielens": MovieLensFiles(path=str(dataset)),
-        },
+        resources=embedded_resources(dataset, data_dir),
         run_config=run_config or {},
         raise_on_error=raise_on_error,
     )
+
+
+def embedded_resources(dataset: Path, data_dir: Path, database_url: str | None = None) -> dict:
+    """The embedded defaults, all state under ``data_dir``."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return {
+        "io_manager": LocalStateIOManager(base_dir=str(data_dir)),
+        "local_state": LocalStateDir(base_dir=str(data_dir)),
+        "movielens": MovieLensFiles(path=str(dataset)),
+        "tmdb": SnapshotTmdbClient(snapshot_dir=str(dataset / "tmdb" / "ko-KR")),
+        "movie_db": MovieDatabase(url=database_url or f"sqlite:///{data_dir / 'rcmd.sqlite'}"),
+    }
 
 
 def small_run_config(min_movie_ratings: int = 5, eval_size: int = 50) -> dict:

@@ -13,8 +13,8 @@ from rcmd_pipeline import settings
 from rcmd_pipeline.definitions import defs
 from rcmd_pipeline_tests.conftest import materialize_all, small_run_config
 
-EXPECTED_ASSETS = {"movielens_ratings", "movielens_links", "movielens_movies", "eval_transitions",
-                   "hit_ratio_random"}
+EXPECTED_ASSETS = {"movielens_ratings", "movielens_links", "movielens_movies", "tmdb_movie_info_kr",
+                   "movie_table", "series_table", "eval_transitions", "hit_ratio_random", "hit_ratio_series"}
 ROOT = settings.PROJECT_ROOT
 
 
@@ -45,9 +45,18 @@ def test_materialize_every_asset_on_the_demo_data_with_the_study_defaults(tmp_pa
     assert 0.0 <= random_meta["hit_ratio"].value < 0.08
     assert random_meta["queries_per_second"].value > 0
     assert sorted(p.name for p in (tmp_path / "assets").iterdir()) == sorted(
-        [f"{k}.parquet" for k in ("movielens_ratings", "movielens_links", "movielens_movies", "eval_transitions")]
-        + ["hit_ratio_random.pickle"]
+        [f"{k}.parquet" for k in ("movielens_ratings", "movielens_links", "movielens_movies", "eval_transitions",
+                                  "tmdb_movie_info_kr")]
+        + ["hit_ratio_random.pickle", "hit_ratio_series.pickle"]
     )
+    tmdb_meta = meta["tmdb_movie_info_kr"]
+    assert tmdb_meta["requested"].value == 303 and tmdb_meta["failed"].value == 0
+    assert tmdb_meta["with_overview"].value == 293  # ten demo movies have no Korean overview, as on TMDB
+    assert meta["movie_table"]["dagster/row_count"].value == 303
+    assert meta["series_table"]["dagster/row_count"].value >= 45
+    series_meta = meta["hit_ratio_series"]
+    # users in the demo go on within a series: the series strategy beats random by far
+    assert series_meta["hit_ratio"].value > random_meta["hit_ratio"].value + 0.05
 
 
 def test_materializing_twice_gives_the_same_evaluation_set_and_score(tmp_path, small_dataset):

@@ -6,17 +6,21 @@ call and records how often the movie actually watched next is among them.
 """
 
 
+import time
+
 import pandas as pd
 from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, asset
 from pydantic import Field
 
+from rcmd_pipeline.assets.catalog import movie_table
 from rcmd_pipeline.evaluation import (
     Evaluation,
     TransitionSettings,
     build_eval_transitions,
     evaluate,
 )
-from rcmd_pipeline.recommenders import RandomRecommender, Recommender
+from rcmd_pipeline.recommenders import RandomRecommender, Recommender, SeriesRecommender
+from rcmd_pipeline.resources.movie_db import MovieDatabase
 
 GROUP = "evaluation"
 
@@ -70,10 +74,11 @@ class HitRatioConfig(Config):
 
 
 def score_strategy(
-    context: AssetExecutionContext, recommender: Recommender, pairs: pd.DataFrame, k: int
+    context: AssetExecutionContext, recommender: Recommender, pairs: pd.DataFrame, k: int,
+    setup_seconds: float = 0.0,
 ) -> dict:
     """Evaluate one strategy on the pairs, record its metadata, and return a summary row."""
-    result: Evaluation = evaluate(recommender, pairs["prev_movieId"], pairs["movieId"], k)
+    result: Evaluation = evaluate(recommender, pairs["prev_movieId"], pairs["movieId"], k, setup_seconds)
     context.add_output_metadata({
         "hit_ratio": MetadataValue.float(result.hit_ratio),
         "k": result.k,
@@ -112,3 +117,30 @@ def hit_ratio_random(
     """
     recommender = RandomRecommender(movielens_ratings["movieId"].unique(), seed=config.seed)
     return score_strategy(context, recommender, eval_transitions, config.k)
+
+
+@asset(
+    group_name=GROUP,
+    kinds={"python", "sql"},
+    deps=[movie_table],
+    ins={"movielens_ratings": AssetIn(metadata={"columns": ["movieId"]})},
+)
+def hit_ratio_series(
+    context: AssetExecutionContext,
+    config: HitRatioConfig,
+    movie_db: MovieDatabase,
+    eval_transitions: pd.DataFrame,
+    movielens_ratings: pd.DataFrame,
+) -> dict:
+    """HitRatio@k of the study's series strategy: the previous movie's other series films, newest
+    release first, then random ids to fill k; a movie not in the ``movie`` table gets k random ids.
+
+    One query reads the whole catalogue's (movie_id, series_id, release_date) instead of the
+    study's two queries per recommendation; that query counts in queries/s. The study measured
+    0.0603 on MovieLens 32M.
+    """
+    started = time.perf_counter()
+    recommender = SeriesRecommender(movie_db.series_catalog(), movielens_ratings["movieId"].unique(),
+                                    seed=config.seed)
+    setup = time.perf_counter() - started
+    return score_strategy(context, recommender, eval_transitions, config.k, setup_seconds=setup)

@@ -2,5 +2,6 @@
 
 from rcmd_pipeline.recommenders.base import PAD, Recommender, sample_distinct
 from rcmd_pipeline.recommenders.random_baseline import RandomRecommender
+from rcmd_pipeline.recommenders.series import SeriesRecommender
 
-__all__ = ["PAD", "RandomRecommender", "Recommender", "sample_distinct"]
+__all__ = ["PAD", "RandomRecommender", "Recommender", "SeriesRecommender", "sample_distinct"]

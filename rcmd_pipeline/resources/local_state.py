@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from dagster import ConfigurableIOManager, InputContext, OutputContext
+from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, OutputContext
 
 
 def atomic_write(path: Path, write) -> None:
@@ -67,3 +67,15 @@ class LocalStateIOManager(ConfigurableIOManager):
             f"No stored value for asset {context.asset_key.to_user_string()} under {self.base_dir}; "
             "materialize it first (RCMD_DATA_DIR decides where values are kept)."
         )
+
+
+class LocalStateDir(ConfigurableResource):
+    """The ``RCMD_DATA_DIR`` folder, for assets that keep their own files there (caches, stores)."""
+
+    base_dir: str
+
+    def folder(self, *parts: str) -> Path:
+        """``<base_dir>/<parts...>`` as a folder, created if missing."""
+        target = Path(self.base_dir, *parts)
+        target.mkdir(parents=True, exist_ok=True)
+        return target

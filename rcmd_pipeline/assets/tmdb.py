@@ -1,0 +1,90 @@
+"""TMDB movie details in Korean for every MovieLens movie that has a TMDB id.
+
+# No `from __future__ import annotations` in asset modules: Dagster reads Config classes from the
+# real annotations.
+"""
+
+from pathlib import Path
+
+import pandas as pd
+from dagster import AssetExecutionContext, Config, Failure, MetadataValue, asset
+from pydantic import Field
+
+from rcmd_pipeline.resources.local_state import LocalStateDir
+from rcmd_pipeline.resources.tmdb import SnapshotTmdbClient, TmdbClient
+
+GROUP = "tmdb"
+LANGUAGE = "ko-KR"
+RECORD_COLUMNS = ["movieId", "tmdbId", "title", "original_title", "original_language", "overview", "tagline",
+                  "release_date", "runtime", "imdb_id", "adult", "poster_path", "collection_id", "collection_name",
+                  "genres"]
+
+
+class TmdbFetchConfig(Config):
+    max_failed_share: float = Field(
+        default=0.05, ge=0.0, le=1.0,
+        description="Fail the asset when more than this share of the requested movies failed. What was "
+                    "fetched stays in the cache, so the next run asks TMDB only for the rest.",
+    )
+
+
+def _failures_table(failed: list[tuple[int, str]], limit: int = 20) -> str:
+    lines = ["| movieId | reason |", "|---|---|"]
+    lines += [f"| {movie_id} | {reason.replace('|', '/')} |" for movie_id, reason in failed[:limit]]
+    if len(failed) > limit:
+        lines.append(f"| … | and {len(failed) - limit} more |")
+    return "\n".join(lines)
+
+
+@asset(group_name=GROUP, kinds={"python", "parquet"})
+def tmdb_movie_info_kr(
+    context: AssetExecutionContext,
+    config: TmdbFetchConfig,
+    tmdb: TmdbClient,
+    local_state: LocalStateDir,
+    movielens_links: pd.DataFrame,
+) -> pd.DataFrame:
+    """Korean (ko-KR) TMDB details, one record per MovieLens movie that has a tmdbId.
+
+    Live TMDB when ``TMDB_READ_ACCESS_TOKEN`` or ``TMDB_API_KEY`` is set — rate-limited, retried,
+    and cached movie by movie under ``RCMD_DATA_DIR/tmdb_cache`` as each answer arrives, so an
+    interrupted run loses nothing and the next one fetches only what is missing — otherwise the
+    TMDB-shaped JSON snapshot of the data set (``<RCMD_DATASET_PATH>/tmdb/ko-KR``). Movies TMDB
+    does not know (404) are counted, not retried.
+    """
+    if isinstance(tmdb, SnapshotTmdbClient) and not Path(tmdb.snapshot_dir).is_dir():
+        raise Failure(
+            f"No TMDB credentials (TMDB_READ_ACCESS_TOKEN or TMDB_API_KEY) and no TMDB snapshot folder at "
+            f"{tmdb.snapshot_dir} (RCMD_TMDB_SNAPSHOT_DIR). Set one of them."
+        )
+    links = movielens_links.dropna(subset=["tmdbId"])
+    items = list(zip(links["movieId"].astype(int), links["tmdbId"].astype(int), strict=True))
+    if not items:
+        raise Failure("movielens_links has no movie with a tmdbId: nothing to fetch from TMDB.")
+    records, report = tmdb.fetch_details(items, local_state.folder("tmdb_cache", LANGUAGE), log=context.log)
+    metadata = {
+        "requested": report.requested,
+        "served_from_cache": report.from_cache,
+        "fetched": report.fetched,
+        "not_found": report.not_found,
+        "failed": len(report.failed),
+        "requests_per_second": MetadataValue.float(round(report.requests_per_second, 2)),
+    }
+    if report.failed:
+        metadata["failures"] = MetadataValue.md(_failures_table(report.failed))
+    if len(report.failed) > config.max_failed_share * report.requested:
+        raise Failure(
+            f"{len(report.failed)} of {report.requested} TMDB requests failed (more than max_failed_share="
+            f"{config.max_failed_share}); the {report.from_cache + report.fetched} movies fetched so far are "
+            "kept in the cache and the next run fetches only the rest.",
+            metadata=metadata,
+        )
+    frame = pd.DataFrame.from_records(list(records.values()), columns=RECORD_COLUMNS)
+    frame = frame.sort_values("movieId").reset_index(drop=True)
+    metadata.update({
+        "dagster/row_count": len(frame),
+        "with_overview": int((frame["overview"] != "").sum()),
+        "in_a_series": int((frame["collection_id"] > 0).sum()),
+    })
+    context.add_output_metadata(metadata)
+    return frame
