@@ -4,6 +4,7 @@
   ``links.csv``, ``movies.csv``). Unset: the demo data set committed under ``data/demo``.
 - ``RCMD_TMDB_SNAPSHOT_DIR``: TMDB-shaped ``ko-KR`` movie-details JSON files (``<tmdbId>.json``),
   read when no TMDB credential is set. Unset: ``<RCMD_DATASET_PATH>/tmdb/ko-KR``.
+- ``RCMD_QDRANT_COLLECTION``: the served vector collection (default ``movie_emb_kr``, the study's).
 - ``RCMD_DATA_DIR``: folder for every piece of local state the pipeline writes (asset values,
   caches, SQLite files, the embedded vector store). Unset: ``data/state/demo`` for the demo data
   set, or ``data/state/<folder name>-<hash of its path>`` for any other data set, so that a run on
@@ -23,6 +24,7 @@ STATE_ROOT = PROJECT_ROOT / "data" / "state"
 DATASET_ENV = "RCMD_DATASET_PATH"
 DATA_DIR_ENV = "RCMD_DATA_DIR"
 TMDB_SNAPSHOT_ENV = "RCMD_TMDB_SNAPSHOT_DIR"
+COLLECTION_ENV = "RCMD_QDRANT_COLLECTION"
 
 
 def dataset_path() -> Path:
@@ -47,3 +49,8 @@ def tmdb_snapshot_dir() -> Path:
     """Where the snapshot TMDB client reads ``<tmdbId>.json`` files (see the module docstring)."""
     value = os.environ.get(TMDB_SNAPSHOT_ENV, "").strip()
     return Path(value).expanduser() if value else dataset_path() / "tmdb" / "ko-KR"
+
+
+def qdrant_collection() -> str:
+    """The name under which the overview vectors are served (see the module docstring)."""
+    return os.environ.get(COLLECTION_ENV, "").strip() or "movie_emb_kr"

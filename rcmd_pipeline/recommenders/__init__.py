@@ -1,7 +1,17 @@
 """Recommendation strategies: plain Python, no Dagster imports, one batch method each."""
 
-from rcmd_pipeline.recommenders.base import PAD, Recommender, sample_distinct
+from rcmd_pipeline.recommenders.base import PAD, Recommender, fill_with_random, sample_distinct
 from rcmd_pipeline.recommenders.random_baseline import RandomRecommender
 from rcmd_pipeline.recommenders.series import SeriesRecommender
+from rcmd_pipeline.recommenders.vector import SeriesVectorRecommender, VectorRecommender
 
-__all__ = ["PAD", "RandomRecommender", "Recommender", "SeriesRecommender", "sample_distinct"]
+__all__ = [
+    "PAD",
+    "RandomRecommender",
+    "Recommender",
+    "SeriesRecommender",
+    "SeriesVectorRecommender",
+    "VectorRecommender",
+    "fill_with_random",
+    "sample_distinct",
+]

@@ -42,3 +42,42 @@ def sample_distinct(rng: np.random.Generator, pool: np.ndarray, rows: int, k: in
         dup = (ordered[:, 1:] == ordered[:, :-1]).any(axis=1) if k > 1 else np.zeros(len(todo), bool)
         todo = todo[dup]
     return out
+
+
+def fill_with_random(out: np.ndarray, counts: np.ndarray, fill_ids: np.ndarray,
+                     rng: np.random.Generator) -> np.ndarray:
+    """Fill each row's tail after its first ``counts[i]`` picks with random distinct ids.
+
+    The study filled short recommendation lists with random movie ids; here the fill never repeats
+    an id already in the row. ``out`` is modified in place and returned; rows stay padded with
+    :data:`PAD` only when ``fill_ids`` runs out.
+    """
+    k = out.shape[1]
+    rows = np.flatnonzero(counts < k)
+    pool = np.asarray(fill_ids, dtype=np.int64)
+    if len(rows) == 0 or len(pool) == 0:
+        return out
+    width = min(k, len(pool))
+    exhaustive = width == len(pool)  # every draw holds the whole pool: nothing better to redraw
+    todo = rows
+    while len(todo):
+        draws = _draw(rng, pool, len(todo), width)
+        taken = out[todo]
+        clash = (draws[:, :, None] == taken[:, None, :]).any(axis=2)
+        need = k - counts[todo]
+        usable = (~clash).sum(axis=1)
+        done = exhaustive | (usable >= need)
+        # usable draws first, in drawn order
+        ordered = np.take_along_axis(draws, np.argsort(clash, axis=1, kind="stable"), axis=1)
+        for j in range(width):
+            put = done & (j < np.minimum(need, usable))
+            out[todo[put], counts[todo[put]] + j] = ordered[put, j]
+        todo = todo[~done]
+    return out
+
+
+def _draw(rng: np.random.Generator, pool: np.ndarray, rows: int, width: int) -> np.ndarray:
+    """``rows`` rows of ``width`` distinct ids of ``pool``; permutations when the pool is small."""
+    if len(pool) <= 4 * width:
+        return rng.permuted(np.broadcast_to(pool, (rows, len(pool))), axis=1)[:, :width]
+    return sample_distinct(rng, pool, rows, width)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from rcmd_pipeline.recommenders.base import PAD, sample_distinct
+from rcmd_pipeline.recommenders.base import PAD, fill_with_random
 
 _NO_SERIES = 0
 
@@ -69,7 +69,7 @@ class SeriesRecommender:
         self.fill_ids = np.unique(np.asarray(fill_ids, dtype=np.int64))
         self.seed = seed
 
-    def _series_rows(self, prev: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def series_rows(self, prev: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows of the series films (PAD after them) and how many each row holds."""
         n = len(prev)
         out = np.full((n, k), PAD, dtype=np.int64)
@@ -93,37 +93,5 @@ class SeriesRecommender:
 
     def recommend(self, prev_movie_ids: np.ndarray, k: int) -> np.ndarray:
         prev = np.asarray(prev_movie_ids, dtype=np.int64).ravel()
-        out, counts = self._series_rows(prev, k)
-        need_rows = np.flatnonzero(counts < k)
-        if len(need_rows) and len(self.fill_ids):
-            rng = np.random.default_rng(self.seed)
-            self._fill(rng, out, counts, need_rows, k)
-        return out
-
-    def _fill(self, rng: np.random.Generator, out: np.ndarray, counts: np.ndarray, rows: np.ndarray,
-              k: int) -> None:
-        """Random distinct ids after the series films, never repeating an id of the row."""
-        pool = self.fill_ids
-        width = min(k, len(pool))
-        exhaustive = width == len(pool)  # every draw holds the whole pool: nothing better to redraw
-        todo = rows
-        while len(todo):
-            draws = _draw(rng, pool, len(todo), width)
-            taken = out[todo]
-            clash = (draws[:, :, None] == taken[:, None, :]).any(axis=2)
-            need = k - counts[todo]
-            usable = (~clash).sum(axis=1)
-            done = exhaustive | (usable >= need)
-            # usable draws first, in drawn order
-            ordered = np.take_along_axis(draws, np.argsort(clash, axis=1, kind="stable"), axis=1)
-            for j in range(width):
-                put = done & (j < np.minimum(need, usable))
-                out[todo[put], counts[todo[put]] + j] = ordered[put, j]
-            todo = todo[~done]
-
-
-def _draw(rng: np.random.Generator, pool: np.ndarray, rows: int, width: int) -> np.ndarray:
-    """``rows`` rows of ``width`` distinct ids of ``pool``; permutations when the pool is small."""
-    if len(pool) <= 4 * width:
-        return rng.permuted(np.broadcast_to(pool, (rows, len(pool))), axis=1)[:, :width]
-    return sample_distinct(rng, pool, rows, width)
+        out, counts = self.series_rows(prev, k)
+        return fill_with_random(out, counts, self.fill_ids, np.random.default_rng(self.seed))
