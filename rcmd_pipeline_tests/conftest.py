@@ -10,10 +10,12 @@ import pytest
 from dagster import materialize
 
 from rcmd_pipeline.definitions import all_assets
+from rcmd_pipeline.resources.embedder import LocalE5Embedder
 from rcmd_pipeline.resources.local_state import LocalStateDir, LocalStateIOManager
 from rcmd_pipeline.resources.movie_db import MovieDatabase
 from rcmd_pipeline.resources.movielens import MovieLensFiles
 from rcmd_pipeline.resources.tmdb import SnapshotTmdbClient
+from rcmd_pipeline.resources.vector_store import EmbeddedQdrantStore
 
 
 def write_dataset(folder: Path, ratings: pd.DataFrame | str, *, fmt: str = "csv",
@@ -79,6 +81,8 @@ def embedded_resources(dataset: Path, data_dir: Path, database_url: str | None =
         "movielens": MovieLensFiles(path=str(dataset)),
         "tmdb": SnapshotTmdbClient(snapshot_dir=str(dataset / "tmdb" / "ko-KR")),
         "movie_db": MovieDatabase(url=database_url or f"sqlite:///{data_dir / 'rcmd.sqlite'}"),
+        "embedder": LocalE5Embedder(),
+        "vector_store": EmbeddedQdrantStore(path=str(data_dir / "vectors")),
     }
 
 

@@ -1,5 +1,6 @@
 """The whole graph on the demo data, the definitions, and the CLI against a persistent instance."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -14,7 +15,9 @@ from rcmd_pipeline.definitions import defs
 from rcmd_pipeline_tests.conftest import materialize_all, small_run_config
 
 EXPECTED_ASSETS = {"movielens_ratings", "movielens_links", "movielens_movies", "tmdb_movie_info_kr",
-                   "movie_table", "series_table", "eval_transitions", "hit_ratio_random", "hit_ratio_series"}
+                   "movie_table", "series_table", "movie_overview_embeddings", "movie_vectors", "eval_transitions",
+                   "hit_ratio_random", "hit_ratio_series", "hit_ratio_vector", "hit_ratio_series_vector",
+                   "strategy_leaderboard"}
 ROOT = settings.PROJECT_ROOT
 
 
@@ -46,8 +49,8 @@ def test_materialize_every_asset_on_the_demo_data_with_the_study_defaults(tmp_pa
     assert random_meta["queries_per_second"].value > 0
     assert sorted(p.name for p in (tmp_path / "assets").iterdir()) == sorted(
         [f"{k}.parquet" for k in ("movielens_ratings", "movielens_links", "movielens_movies", "eval_transitions",
-                                  "tmdb_movie_info_kr")]
-        + ["hit_ratio_random.pickle", "hit_ratio_series.pickle"]
+                                  "tmdb_movie_info_kr", "movie_overview_embeddings", "strategy_leaderboard")]
+        + [f"hit_ratio_{s}.pickle" for s in ("random", "series", "vector", "series_vector")]
     )
     tmdb_meta = meta["tmdb_movie_info_kr"]
     assert tmdb_meta["requested"].value == 303 and tmdb_meta["failed"].value == 0
@@ -57,6 +60,10 @@ def test_materialize_every_asset_on_the_demo_data_with_the_study_defaults(tmp_pa
     series_meta = meta["hit_ratio_series"]
     # users in the demo go on within a series: the series strategy beats random by far
     assert series_meta["hit_ratio"].value > random_meta["hit_ratio"].value + 0.05
+    assert meta["movie_vectors"]["points"].value == 293
+    for name in ("vector", "series_vector"):
+        assert meta[f"hit_ratio_{name}"]["hit_ratio"].value > random_meta["hit_ratio"].value + 0.05, name
+    assert meta["strategy_leaderboard"]["dagster/row_count"].value == 4
 
 
 def test_materializing_twice_gives_the_same_evaluation_set_and_score(tmp_path, small_dataset):
@@ -89,11 +96,13 @@ def _cli_env(tmp_path: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_cli_materialize_is_recorded_in_the_persistent_instance(tmp_path):
+def test_cli_materialize_is_recorded_in_the_persistent_instance(tmp_path, small_dataset):
     env = _cli_env(tmp_path)
+    env["RCMD_DATASET_PATH"] = str(small_dataset)
     dagster = Path(sys.executable).with_name("dagster")
     done = subprocess.run(
-        [str(dagster), "asset", "materialize", "-m", "rcmd_pipeline.definitions", "--select", "*"],
+        [str(dagster), "asset", "materialize", "-m", "rcmd_pipeline.definitions", "--select", "*",
+         "--config-json", json.dumps(small_run_config())],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]

