@@ -18,6 +18,7 @@ from dagster import (
 
 from rcmd_pipeline import settings
 from rcmd_pipeline.assets import catalog, embeddings, evaluation, movielens, tmdb
+from rcmd_pipeline.assets.checks import all_checks
 from rcmd_pipeline.resources.embedder import embedder_from_environment
 from rcmd_pipeline.resources.local_state import LocalStateDir, LocalStateIOManager
 from rcmd_pipeline.resources.movie_db import movie_database_from_environment
@@ -68,6 +69,7 @@ def build_resources(environ=os.environ) -> dict:
 
 defs = Definitions(
     assets=all_assets,
+    asset_checks=all_checks,
     jobs=[rcmd_full_pipeline, nightly_reembedding_job],
     schedules=[nightly_reembedding],
     resources=build_resources(),

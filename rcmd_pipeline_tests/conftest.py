@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from dagster import materialize
 
+from rcmd_pipeline.assets.checks import all_checks
 from rcmd_pipeline.definitions import all_assets
 from rcmd_pipeline.resources.embedder import LocalE5Embedder
 from rcmd_pipeline.resources.local_state import LocalStateDir, LocalStateIOManager
@@ -62,9 +63,10 @@ def synthetic_ratings(users: int = 60, movies: int = 12, per_user: int = 10, see
 
 
 def materialize_all(dataset: Path, data_dir: Path, run_config: dict | None = None, selection=None,
-                    raise_on_error: bool = True):
+                    raise_on_error: bool = True, instance=None):
     return materialize(
-        all_assets,
+        [*all_assets, *all_checks],
+        instance=instance,
         selection=selection,
         resources=embedded_resources(dataset, data_dir),
         run_config=run_config or {},

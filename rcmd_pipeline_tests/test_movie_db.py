@@ -185,6 +185,7 @@ def test_every_statement_builder_compiles_for_oracle():
         "read movie": movie_db.read_table_statement(movie_db.movie),
         "read series": movie_db.read_table_statement(movie_db.series),
         "movies by id": movie_db.movies_by_id_statement(),
+        "orphan series": movie_db.orphan_series_statement(),
     }
     compiled = {name: str(st.compile(dialect=ORACLE)) for name, st in statements.items()}
     for name, sql in compiled.items():
@@ -221,6 +222,7 @@ def test_every_statement_the_module_executes_compiles_for_oracle(tmp_path, monke
     db.read_table("movie")
     db.read_table("series")
     db.row_counts()
+    db.orphan_series()
     kinds = set()
     for clause in executed:
         if isinstance(clause, str):  # the inspector's own dialect queries (has_table): not ours
@@ -232,6 +234,16 @@ def test_every_statement_the_module_executes_compiles_for_oracle(tmp_path, monke
 
 
 # ----------------------------------------------------------------------------- loads and reads
+
+def test_orphan_series_lists_series_ids_missing_from_series(db: MovieDatabase):
+    frame = movie_frame()
+    db.replace_series(series_frame())
+    db.replace_movies(frame)
+    assert db.orphan_series() == {}
+    db.replace_series(series_frame().iloc[1:])  # Toy Story's series 1 goes missing
+    assert db.orphan_series() == {1: int((frame["series_id"] == 1).sum())}
+    assert db.orphan_series()[1] == 4
+
 
 def test_load_and_read_back(db: MovieDatabase):
     frame = movie_frame()

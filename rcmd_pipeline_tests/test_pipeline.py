@@ -64,6 +64,8 @@ def test_materialize_every_asset_on_the_demo_data_with_the_study_defaults(tmp_pa
     for name in ("vector", "series_vector"):
         assert meta[f"hit_ratio_{name}"]["hit_ratio"].value > random_meta["hit_ratio"].value + 0.05, name
     assert meta["strategy_leaderboard"]["dagster/row_count"].value == 4
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert len(checks) == 6 and all(checks.values()), checks
 
 
 def test_materializing_twice_gives_the_same_evaluation_set_and_score(tmp_path, small_dataset):

@@ -51,6 +51,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    exists,
     func,
     insert,
     inspect,
@@ -149,6 +150,17 @@ def read_table_statement(table: Table) -> Select:
 def series_catalog_statement() -> Select:
     """Every movie's series and release date, in one query (what the series strategy needs)."""
     return select(movie.c.movie_id, movie.c.series_id, movie.c.release_date).order_by(movie.c.movie_id)
+
+
+def orphan_series_statement() -> Select:
+    """Series ids used by ``movie`` rows (``series_id > 0``) that have no ``series`` row."""
+    return (
+        select(movie.c.series_id, func.count().label("movies"))
+        .where(movie.c.series_id > 0)
+        .where(~exists().where(series.c.series_id == movie.c.series_id))
+        .group_by(movie.c.series_id)
+        .order_by(movie.c.series_id)
+    )
 
 
 def movies_by_id_statement() -> Select:
@@ -454,6 +466,13 @@ class MovieDatabase(ConfigurableResource):
         frame["movie_id"] = frame["movie_id"].astype("int64")
         frame["series_id"] = frame["series_id"].astype("int64")
         return frame
+
+    def orphan_series(self) -> dict[int, int]:
+        """``{series_id: number of movies}`` for series ids of ``movie`` missing from ``series``."""
+        with self._connect("Checking movie.series_id against series") as conn:
+            self._require_table(conn, movie)
+            self._require_table(conn, series)
+            return {int(sid): int(n) for sid, n in conn.execute(orphan_series_statement()).all()}
 
     def get_movies(self, movie_ids: Iterable[int]) -> pd.DataFrame:
         """The ``movie`` rows of ``movie_ids`` (the study's ``get_movies``), in the order asked.

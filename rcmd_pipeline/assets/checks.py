@@ -1,0 +1,107 @@
+"""Asset checks: what must hold after each materialization, shown beside each asset in the UI.
+
+# No `from __future__ import annotations` in asset modules: Dagster reads Config classes from the
+# real annotations.
+"""
+
+import pandas as pd
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetIn,
+    AssetKey,
+    Config,
+    MetadataValue,
+    asset_check,
+)
+from pydantic import Field
+
+from rcmd_pipeline.resources.movie_db import MovieDatabase
+
+
+def beats_random(scored: dict, baseline: dict) -> AssetCheckResult:
+    """Passes when the strategy's HitRatio@k is above the random baseline's on the same pairs."""
+    passed = scored["hit_ratio"] > baseline["hit_ratio"] and scored["n"] == baseline["n"]
+    return AssetCheckResult(
+        passed=bool(passed),
+        severity=AssetCheckSeverity.ERROR,
+        description=None if passed else (
+            f"{scored['strategy']} scores {scored['hit_ratio']:.4f}, not above random's {baseline['hit_ratio']:.4f}"
+        ),
+        metadata={"hit_ratio": MetadataValue.float(float(scored["hit_ratio"])),
+                  "random_hit_ratio": MetadataValue.float(float(baseline["hit_ratio"])),
+                  "n": int(scored["n"])},
+    )
+
+
+RANDOM = {"hit_ratio_random": AssetIn()}
+
+
+@asset_check(asset="hit_ratio_series", additional_ins=RANDOM, description="The series strategy beats random.")
+def series_beats_random(hit_ratio_series: dict, hit_ratio_random: dict) -> AssetCheckResult:
+    return beats_random(hit_ratio_series, hit_ratio_random)
+
+
+@asset_check(asset="hit_ratio_vector", additional_ins=RANDOM, description="The vector strategy beats random.")
+def vector_beats_random(hit_ratio_vector: dict, hit_ratio_random: dict) -> AssetCheckResult:
+    return beats_random(hit_ratio_vector, hit_ratio_random)
+
+
+@asset_check(asset="hit_ratio_series_vector", additional_ins=RANDOM,
+             description="The series + vector strategy beats random.")
+def series_vector_beats_random(hit_ratio_series_vector: dict, hit_ratio_random: dict) -> AssetCheckResult:
+    return beats_random(hit_ratio_series_vector, hit_ratio_random)
+
+
+class EmbeddingCoverageConfig(Config):
+    min_share: float = Field(default=0.9, ge=0.0, le=1.0,
+                             description="Least share of the evaluated movies that must have a vector.")
+
+
+@asset_check(asset="movie_overview_embeddings", additional_ins={"eval_transitions": AssetIn()},
+             description="Enough of the movies in the evaluation set have an overview vector.")
+def evaluated_movies_have_vectors(
+    config: EmbeddingCoverageConfig, movie_overview_embeddings: pd.DataFrame, eval_transitions: pd.DataFrame
+) -> AssetCheckResult:
+    evaluated = pd.unique(eval_transitions[["prev_movieId", "movieId"]].to_numpy().ravel())
+    with_vector = pd.Index(movie_overview_embeddings["movieId"])
+    missing = sorted(int(m) for m in evaluated if m not in with_vector)
+    share = 1.0 - len(missing) / len(evaluated) if len(evaluated) else 1.0
+    return AssetCheckResult(
+        passed=share >= config.min_share,
+        metadata={"share": MetadataValue.float(share), "min_share": MetadataValue.float(config.min_share),
+                  "evaluated_movies": len(evaluated),
+                  "without_vector": MetadataValue.text(", ".join(map(str, missing[:50])) or "none")},
+    )
+
+
+@asset_check(asset="movie_table", additional_deps=["series_table"],
+             description="Every movie.series_id > 0 exists in the series table.")
+def movie_series_exist(movie_db: MovieDatabase) -> AssetCheckResult:
+    orphans = movie_db.orphan_series()
+    return AssetCheckResult(
+        passed=not orphans,
+        metadata={"missing_series": len(orphans), "movies_affected": sum(orphans.values()),
+                  "first_missing": MetadataValue.text(", ".join(map(str, list(orphans)[:20])) or "none")},
+    )
+
+
+@asset_check(asset="eval_transitions", description="The evaluation set has the configured size, no pair "
+                                                    "twice and no missing previous movie.")
+def evaluation_set_is_complete(context: AssetCheckExecutionContext,
+                               eval_transitions: pd.DataFrame) -> AssetCheckResult:
+    event = context.instance.get_latest_materialization_event(AssetKey("eval_transitions"))
+    configured = event.asset_materialization.metadata["eval_size"].value if event else None
+    duplicates = int(eval_transitions.duplicated(["userId", "timestamp", "movieId"]).sum())
+    no_prev = int((eval_transitions["prev_movieId"] <= 0).sum())
+    passed = configured is not None and len(eval_transitions) == configured and duplicates == 0 and no_prev == 0
+    return AssetCheckResult(
+        passed=bool(passed),
+        metadata={"pairs": len(eval_transitions), "configured_eval_size": configured if configured else -1,
+                  "duplicate_pairs": duplicates, "pairs_without_previous": no_prev},
+    )
+
+
+all_checks = [series_beats_random, vector_beats_random, series_vector_beats_random, evaluated_movies_have_vectors,
+              movie_series_exist, evaluation_set_is_complete]
