@@ -99,7 +99,8 @@ def test_the_whole_graph_serves_vectors_and_ranks_every_strategy(tmp_path, small
     assert sorted(board["strategy"]) == ["random", "series", "series_vector", "vector"]
     assert board["hit_ratio"].is_monotonic_decreasing
     leaderboard = result.asset_materializations_for_node("strategy_leaderboard")[0].metadata
-    assert "| strategy | HitRatio@k |" in leaderboard["leaderboard"].value
+    assert "| strategy | HitRatio@10 [95% CI] |" in leaderboard["leaderboard"].value
+    assert "queries/s" in leaderboard["leaderboard"].value
     for name in ("random", "series", "vector", "series_vector"):
         assert 0.0 <= leaderboard[f"hit_ratio_{name}"].value <= 1.0
 

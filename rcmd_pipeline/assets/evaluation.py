@@ -23,6 +23,14 @@ from rcmd_pipeline.evaluation import (
     build_eval_transitions,
     evaluate,
 )
+from rcmd_pipeline.evaluation.report import (
+    compare_to_best,
+    hit_ratio_interval,
+    leaderboard_markdown,
+    mrr_at_k,
+    ndcg_at_k,
+    strategy_report,
+)
 from rcmd_pipeline.recommenders import (
     RandomRecommender,
     Recommender,
@@ -88,18 +96,24 @@ def score_strategy(
     context: AssetExecutionContext, recommender: Recommender, pairs: pd.DataFrame, k: int,
     setup_seconds: float = 0.0,
 ) -> dict:
-    """Evaluate one strategy on the pairs, record its metadata, and return a summary row."""
+    """Evaluate one strategy on the pairs, record its metadata, and return what the leaderboard needs:
+    the per-pair hits (for paired tests) and the recommendations (for NDCG, MRR, coverage, ...)."""
     result: Evaluation = evaluate(recommender, pairs["prev_movieId"], pairs["movieId"], k, setup_seconds)
+    low, high = hit_ratio_interval(result.hits)
     context.add_output_metadata({
         "hit_ratio": MetadataValue.float(result.hit_ratio),
+        "hit_ratio_low": MetadataValue.float(low),
+        "hit_ratio_high": MetadataValue.float(high),
+        "ndcg": MetadataValue.float(ndcg_at_k(result.recommendations, pairs["movieId"].to_numpy(), k)),
+        "mrr": MetadataValue.float(mrr_at_k(result.recommendations, pairs["movieId"].to_numpy(), k)),
         "k": result.k,
         "n": result.n,
         "hits": int(result.hits.sum()),
         "queries_per_second": MetadataValue.float(round(result.queries_per_second, 1)),
     })
     context.log.info(
-        f"{result.strategy}: HitRatio@{result.k} = {result.hit_ratio:.4f} over {result.n} pairs "
-        f"({result.queries_per_second:,.0f} queries/s)"
+        f"{result.strategy}: HitRatio@{result.k} = {result.hit_ratio:.4f} [{low:.4f}, {high:.4f}] over "
+        f"{result.n} pairs ({result.queries_per_second:,.0f} queries/s)"
     )
     return {
         "strategy": result.strategy,
@@ -108,6 +122,7 @@ def score_strategy(
         "hit_ratio": result.hit_ratio,
         "queries_per_second": result.queries_per_second,
         "hits": result.hits,
+        "recommendations": result.recommendations,
     }
 
 
@@ -212,34 +227,51 @@ def hit_ratio_series_vector(
 
 
 STUDY = {"random": 0.0, "series": 0.0603, "vector": 0.0683, "series_vector": 0.0653}
+STRATEGY_ASSETS = ["hit_ratio_random", "hit_ratio_series", "hit_ratio_vector", "hit_ratio_series_vector"]
 
 
-def _bar(value: float, top: float, width: int = 30) -> str:
-    return "█" * max(1 if value > 0 else 0, round(width * value / top)) if top > 0 else ""
+@asset(
+    group_name=GROUP,
+    kinds={"python", "pandas"},
+    ins={
+        **{name: AssetIn() for name in STRATEGY_ASSETS},
+        "eval_transitions": AssetIn(),
+        "tmdb_movie_info_kr": AssetIn(),
+        "movielens_ratings": AssetIn(metadata={"columns": ["movieId", "timestamp"]}),
+    },
+)
+def strategy_leaderboard(context: AssetExecutionContext, **inputs) -> pd.DataFrame:
+    """Every strategy side by side, best first: HitRatio@k with its 95% (Wilson) interval, NDCG@k,
+    MRR@k, catalogue coverage, mean popularity of what is recommended, the gain over random, the
+    exact McNemar p-value against the best strategy on the same pairs, the hit ratio split by whether
+    the previous movie is in a series and has an overview, and the study's figure for reference.
 
-
-@asset(group_name=GROUP, kinds={"python", "pandas"})
-def strategy_leaderboard(
-    context: AssetExecutionContext,
-    hit_ratio_random: dict,
-    hit_ratio_series: dict,
-    hit_ratio_vector: dict,
-    hit_ratio_series_vector: dict,
-) -> pd.DataFrame:
-    """Every strategy's HitRatio@k, n and queries/s side by side, best first, with the study's
-    MovieLens 32M figure beside each for reference (a table and a bar chart in the UI)."""
-    scores = [hit_ratio_random, hit_ratio_series, hit_ratio_vector, hit_ratio_series_vector]
-    board = pd.DataFrame([{key: s[key] for key in ("strategy", "k", "n", "hit_ratio", "queries_per_second")}
-                          for s in scores]).sort_values("hit_ratio", ascending=False, kind="stable")
+    Popularity counts only ratings before the earliest evaluation pair, like every learned strategy.
+    """
+    pairs, details, ratings = inputs["eval_transitions"], inputs["tmdb_movie_info_kr"], inputs["movielens_ratings"]
+    scores = [inputs[name] for name in STRATEGY_ASSETS]
+    actual = pairs["movieId"].to_numpy()
+    prev = pairs["prev_movieId"].to_numpy()
+    cutoff = int(pairs["timestamp"].min())
+    popularity = ratings.loc[ratings["timestamp"] < cutoff, "movieId"].value_counts()
+    info = details.set_index("movieId")
+    flags = {
+        "in_series": pd.Series(prev).map(info["collection_id"]).fillna(0).to_numpy() > 0,
+        "has_overview": pd.Series(prev).map(info["overview"]).fillna("").to_numpy() != "",
+    }
+    catalog_size = int(ratings["movieId"].nunique())
+    reports = [strategy_report(s["strategy"], s["recommendations"], actual, s["hits"], k=s["k"],
+                               popularity=popularity, catalog_size=catalog_size, flags=flags) for s in scores]
+    board = compare_to_best(reports, {s["strategy"]: s["hits"] for s in scores})
+    qps = {s["strategy"]: s["queries_per_second"] for s in scores}
+    board["queries_per_second"] = board["strategy"].map(qps)
     board["study_hit_ratio"] = board["strategy"].map(STUDY)
-    top = float(board["hit_ratio"].max())
-    lines = ["| strategy | HitRatio@k | | n | queries/s | study (ML-32M) |", "|---|---:|---|---:|---:|---:|"]
-    for row in board.itertuples():
-        study = "" if pd.isna(row.study_hit_ratio) else f"{row.study_hit_ratio:.4f}"
-        lines.append(f"| {row.strategy} | {row.hit_ratio:.4f} | `{_bar(row.hit_ratio, top)}` | {row.n} | "
-                     f"{row.queries_per_second:,.0f} | {study} |")
-    metadata = {"leaderboard": MetadataValue.md("\n".join(lines)), "best": str(board.iloc[0]["strategy"]),
-                "dagster/row_count": len(board)}
+    metadata = {
+        "leaderboard": MetadataValue.md(leaderboard_markdown(board)),
+        "best": str(board.iloc[0]["strategy"]),
+        "training_cutoff": MetadataValue.timestamp(float(cutoff)),
+        "dagster/row_count": len(board),
+    }
     # one float per strategy, so the UI plots each across runs
     metadata.update({f"hit_ratio_{r.strategy}": MetadataValue.float(float(r.hit_ratio)) for r in board.itertuples()})
     context.add_output_metadata(metadata)

@@ -36,6 +36,7 @@ class Evaluation:
     hit_ratio: float
     seconds: float
     hits: np.ndarray
+    recommendations: np.ndarray
 
     @property
     def queries_per_second(self) -> float:
@@ -61,4 +62,4 @@ def evaluate(recommender: Recommender, prev_movie_ids, next_movie_ids, k: int = 
         )
     hits = hits_at_k(recs, actual, k)
     return Evaluation(recommender.name, k, len(prev), float(hits.mean()) if len(hits) else 0.0,
-                      seconds, hits)
+                      seconds, hits, recs)
