@@ -96,12 +96,13 @@ def test_the_whole_graph_serves_vectors_and_ranks_every_strategy(tmp_path, small
     assert 1 not in ids[0] and (ids[0] > 0).all()
     assert (ids[1] == -1).all(), "movie 5 has no overview, hence no vector"
     board = result.output_for_node("strategy_leaderboard")
-    assert sorted(board["strategy"]) == ["random", "series", "series_vector", "vector"]
+    assert sorted(board["strategy"]) == ["hybrid", "next_movie", "popularity", "random", "series", "series_vector",
+                                         "vector"]
     assert board["hit_ratio"].is_monotonic_decreasing
     leaderboard = result.asset_materializations_for_node("strategy_leaderboard")[0].metadata
     assert "| strategy | HitRatio@10 [95% CI] |" in leaderboard["leaderboard"].value
     assert "queries/s" in leaderboard["leaderboard"].value
-    for name in ("random", "series", "vector", "series_vector"):
+    for name in ("random", "series", "vector", "series_vector", "popularity", "next_movie", "hybrid"):
         assert 0.0 <= leaderboard[f"hit_ratio_{name}"].value <= 1.0
 
 
@@ -114,8 +115,8 @@ def test_nightly_schedule_runs_the_refresh_chain_at_three_in_seoul():
     job = defs.resolve_job_def(nightly_reembedding_job.name)
     keys = {k.to_user_string() for k in job.asset_layer.executable_asset_keys}
     assert {"tmdb_movie_info_kr", "movie_table", "series_table", "movie_overview_embeddings", "movie_vectors",
-            "hit_ratio_series", "hit_ratio_vector", "hit_ratio_series_vector",
-            "strategy_leaderboard"} == keys
+            "hit_ratio_series", "hit_ratio_vector", "hit_ratio_series_vector", "hit_ratio_hybrid",
+            "strategy_leaderboard", "sample_recommendations"} == keys
 
 
 @pytest.mark.parametrize("missing", ["movie_vectors"])

@@ -17,7 +17,8 @@ from rcmd_pipeline_tests.conftest import materialize_all, small_run_config
 EXPECTED_ASSETS = {"movielens_ratings", "movielens_links", "movielens_movies", "tmdb_movie_info_kr",
                    "movie_table", "series_table", "movie_overview_embeddings", "movie_vectors", "eval_transitions",
                    "hit_ratio_random", "hit_ratio_series", "hit_ratio_vector", "hit_ratio_series_vector",
-                   "strategy_leaderboard"}
+                   "hit_ratio_popularity", "hit_ratio_next_movie", "hit_ratio_hybrid", "strategy_leaderboard",
+                   "sample_recommendations"}
 ROOT = settings.PROJECT_ROOT
 
 
@@ -49,8 +50,10 @@ def test_materialize_every_asset_on_the_demo_data_with_the_study_defaults(tmp_pa
     assert random_meta["queries_per_second"].value > 0
     assert sorted(p.name for p in (tmp_path / "assets").iterdir()) == sorted(
         [f"{k}.parquet" for k in ("movielens_ratings", "movielens_links", "movielens_movies", "eval_transitions",
-                                  "tmdb_movie_info_kr", "movie_overview_embeddings", "strategy_leaderboard")]
-        + [f"hit_ratio_{s}.pickle" for s in ("random", "series", "vector", "series_vector")]
+                                  "tmdb_movie_info_kr", "movie_overview_embeddings", "strategy_leaderboard",
+                                  "sample_recommendations")]
+        + [f"hit_ratio_{s}.pickle" for s in ("random", "series", "vector", "series_vector", "popularity",
+                                              "next_movie", "hybrid")]
     )
     tmdb_meta = meta["tmdb_movie_info_kr"]
     assert tmdb_meta["requested"].value == 303 and tmdb_meta["failed"].value == 0
@@ -63,9 +66,20 @@ def test_materialize_every_asset_on_the_demo_data_with_the_study_defaults(tmp_pa
     assert meta["movie_vectors"]["points"].value == 293
     for name in ("vector", "series_vector"):
         assert meta[f"hit_ratio_{name}"]["hit_ratio"].value > random_meta["hit_ratio"].value + 0.05, name
-    assert meta["strategy_leaderboard"]["dagster/row_count"].value == 4
+    board = result.output_for_node("strategy_leaderboard").set_index("strategy")
+    assert len(board) == 7
+    # the bar: the best new strategy beats the study's best (vector) with p < 0.01
+    best = board.index[0]
+    assert best in {"popularity", "next_movie", "hybrid"}, board
+    assert board.loc[best, "hit_ratio"] > board.loc["vector", "hit_ratio"]
+    assert board.loc["vector", "p_value_vs_best"] < 0.01
+    assert board.loc["random", "gain_over_random"] == 0.0
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert len(checks) == 6 and all(checks.values()), checks
+    assert len(checks) == 9 and all(checks.values()), checks
+    samples = result.output_for_node("sample_recommendations")
+    toy_story_series = samples[(samples.query_movieId == 1) & (samples.strategy == "series")]
+    assert toy_story_series.movieId.tolist()[:3] == [201588, 78499, 3114]  # Toy Story 4, 3, 2: newest first
+    assert "토이 스토리 4 (2019)" in toy_story_series.title.tolist()
 
 
 def test_materializing_twice_gives_the_same_evaluation_set_and_score(tmp_path, small_dataset):

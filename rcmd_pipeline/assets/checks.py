@@ -54,6 +54,21 @@ def series_vector_beats_random(hit_ratio_series_vector: dict, hit_ratio_random: 
     return beats_random(hit_ratio_series_vector, hit_ratio_random)
 
 
+@asset_check(asset="hit_ratio_popularity", additional_ins=RANDOM, description="Popularity beats random.")
+def popularity_beats_random(hit_ratio_popularity: dict, hit_ratio_random: dict) -> AssetCheckResult:
+    return beats_random(hit_ratio_popularity, hit_ratio_random)
+
+
+@asset_check(asset="hit_ratio_next_movie", additional_ins=RANDOM, description="Next-movie beats random.")
+def next_movie_beats_random(hit_ratio_next_movie: dict, hit_ratio_random: dict) -> AssetCheckResult:
+    return beats_random(hit_ratio_next_movie, hit_ratio_random)
+
+
+@asset_check(asset="hit_ratio_hybrid", additional_ins=RANDOM, description="The hybrid blend beats random.")
+def hybrid_beats_random(hit_ratio_hybrid: dict, hit_ratio_random: dict) -> AssetCheckResult:
+    return beats_random(hit_ratio_hybrid, hit_ratio_random)
+
+
 class EmbeddingCoverageConfig(Config):
     min_share: float = Field(default=0.9, ge=0.0, le=1.0,
                              description="Least share of the evaluated movies that must have a vector.")
@@ -103,5 +118,6 @@ def evaluation_set_is_complete(context: AssetCheckExecutionContext,
     )
 
 
-all_checks = [series_beats_random, vector_beats_random, series_vector_beats_random, evaluated_movies_have_vectors,
-              movie_series_exist, evaluation_set_is_complete]
+all_checks = [series_beats_random, vector_beats_random, series_vector_beats_random, popularity_beats_random,
+              next_movie_beats_random, hybrid_beats_random, evaluated_movies_have_vectors, movie_series_exist,
+              evaluation_set_is_complete]

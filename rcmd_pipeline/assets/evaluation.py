@@ -10,6 +10,7 @@ call and records how often the movie actually watched next is among them.
 
 import time
 
+import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, asset
 from pydantic import Field
@@ -37,6 +38,13 @@ from rcmd_pipeline.recommenders import (
     SeriesRecommender,
     SeriesVectorRecommender,
     VectorRecommender,
+)
+from rcmd_pipeline.recommenders.learned import (
+    HybridRecommender,
+    NextMovieRecommender,
+    PopularityRecommender,
+    leakage_cutoff,
+    training_window,
 )
 from rcmd_pipeline.resources.movie_db import MovieDatabase
 from rcmd_pipeline.resources.vector_store import VectorStore
@@ -226,8 +234,102 @@ def hit_ratio_series_vector(
         return score_strategy(context, recommender, eval_transitions, config.k, setup_seconds=setup)
 
 
+TRAINING_COLUMNS = AssetIn(metadata={"columns": ["userId", "movieId", "timestamp"]})
+
+
+def _training(ratings: pd.DataFrame, pairs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The ratings strictly before the earliest evaluation pair: all a learned strategy may see."""
+    cutoff = leakage_cutoff(pairs)
+    users, movies, times = training_window(ratings["userId"].to_numpy(), ratings["movieId"].to_numpy(),
+                                           ratings["timestamp"].to_numpy(), cutoff)
+    return users, movies, times, cutoff
+
+
+def _training_metadata(context: AssetExecutionContext, movies: np.ndarray, cutoff: int) -> None:
+    context.add_output_metadata({"training_ratings": len(movies),
+                                 "training_cutoff": MetadataValue.timestamp(float(cutoff))})
+
+
+@asset(group_name=GROUP, kinds={"python"}, ins={"movielens_ratings": TRAINING_COLUMNS})
+def hit_ratio_popularity(
+    context: AssetExecutionContext, config: HitRatioConfig, eval_transitions: pd.DataFrame,
+    movielens_ratings: pd.DataFrame,
+) -> dict:
+    """HitRatio@k of the most-rated movies of the training window (ratings strictly before the
+    earliest evaluation pair), the previous movie itself excluded: the bar any personal strategy
+    must clear."""
+    started = time.perf_counter()
+    _, movies, _, cutoff = _training(movielens_ratings, eval_transitions)
+    recommender = PopularityRecommender(movies)
+    setup = time.perf_counter() - started
+    _training_metadata(context, movies, cutoff)
+    return score_strategy(context, recommender, eval_transitions, config.k, setup_seconds=setup)
+
+
+@asset(group_name=GROUP, kinds={"python"}, ins={"movielens_ratings": TRAINING_COLUMNS})
+def hit_ratio_next_movie(
+    context: AssetExecutionContext, config: HitRatioConfig, eval_transitions: pd.DataFrame,
+    movielens_ratings: pd.DataFrame,
+) -> dict:
+    """HitRatio@k of "what users most often rated right after the previous movie", counted over the
+    training window only (no evaluation pair can contribute), filled with the window's most popular
+    movies."""
+    started = time.perf_counter()
+    users, movies, times, cutoff = _training(movielens_ratings, eval_transitions)
+    recommender = NextMovieRecommender(users, movies, times, fallback=PopularityRecommender(movies))
+    setup = time.perf_counter() - started
+    _training_metadata(context, movies, cutoff)
+    return score_strategy(context, recommender, eval_transitions, config.k, setup_seconds=setup)
+
+
+class HybridConfig(HitRatioConfig):
+    next_movie_weight: float = Field(default=1.0, ge=0.0, description="Weight of the next-movie candidates.")
+    series_weight: float = Field(default=1.0, ge=0.0, description="Weight of the series candidates.")
+    vector_weight: float = Field(default=0.5, ge=0.0, description="Weight of the nearest-vector candidates.")
+    popularity_weight: float = Field(default=0.05, ge=0.0, description="Weight of the popular fallback.")
+    depth: int = Field(default=20, ge=1, description="Candidates asked of each component per query.")
+    c0: float = Field(default=10.0, ge=0.0, description="Rank offset of the reciprocal-rank blend.")
+
+
+@asset(
+    group_name=GROUP,
+    kinds={"python", "qdrant", "sql"},
+    deps=[movie_table, movie_vectors],
+    ins={"movielens_ratings": TRAINING_COLUMNS},
+)
+def hit_ratio_hybrid(
+    context: AssetExecutionContext,
+    config: HybridConfig,
+    movie_db: MovieDatabase,
+    vector_store: VectorStore,
+    eval_transitions: pd.DataFrame,
+    movielens_ratings: pd.DataFrame,
+) -> dict:
+    """HitRatio@k of a blend of next-movie, series and nearest-vector candidates (reciprocal-rank
+    fusion, weights in the run config), with popular movies as a faint fallback; learned parts see
+    only the training window."""
+    collection = settings.qdrant_collection()
+    no_fill = np.zeros(0, dtype=np.int64)  # components offer only what they know; the blend decides
+    started = time.perf_counter()
+    users, movies, times, cutoff = _training(movielens_ratings, eval_transitions)
+    popularity = PopularityRecommender(movies)
+    series = SeriesRecommender(movie_db.series_catalog(), no_fill, seed=config.seed)
+    next_movie = NextMovieRecommender(users, movies, times)
+    setup = time.perf_counter() - started
+    _training_metadata(context, movies, cutoff)
+    with vector_store.open() as session:
+        vector = VectorRecommender(lambda ids, k: session.neighbours(collection, ids, k), no_fill, seed=config.seed)
+        recommender = HybridRecommender(
+            [(next_movie, config.next_movie_weight), (series, config.series_weight),
+             (vector, config.vector_weight), (popularity, config.popularity_weight)],
+            depth=config.depth, c0=config.c0,
+        )
+        return score_strategy(context, recommender, eval_transitions, config.k, setup_seconds=setup)
+
+
 STUDY = {"random": 0.0, "series": 0.0603, "vector": 0.0683, "series_vector": 0.0653}
-STRATEGY_ASSETS = ["hit_ratio_random", "hit_ratio_series", "hit_ratio_vector", "hit_ratio_series_vector"]
+STRATEGY_ASSETS = ["hit_ratio_random", "hit_ratio_series", "hit_ratio_vector", "hit_ratio_series_vector",
+                   "hit_ratio_popularity", "hit_ratio_next_movie", "hit_ratio_hybrid"]
 
 
 @asset(
@@ -266,8 +368,15 @@ def strategy_leaderboard(context: AssetExecutionContext, **inputs) -> pd.DataFra
     qps = {s["strategy"]: s["queries_per_second"] for s in scores}
     board["queries_per_second"] = board["strategy"].map(qps)
     board["study_hit_ratio"] = board["strategy"].map(STUDY)
+    split = ["| strategy | prev in a series | prev in no series | prev with overview | prev without overview |",
+             "|---|---:|---:|---:|---:|"]
+    for row in board.itertuples():
+        cells = [f"{getattr(row, f'hit_ratio_{side}'):.4f} (n={getattr(row, f'n_{side}')})"
+                 for side in ("in_series", "not_in_series", "has_overview", "not_has_overview")]
+        split.append(f"| {row.strategy} | " + " | ".join(cells) + " |")
     metadata = {
         "leaderboard": MetadataValue.md(leaderboard_markdown(board)),
+        "hit_ratio_by_previous_movie": MetadataValue.md("\n".join(split)),
         "best": str(board.iloc[0]["strategy"]),
         "training_cutoff": MetadataValue.timestamp(float(cutoff)),
         "dagster/row_count": len(board),
@@ -276,3 +385,82 @@ def strategy_leaderboard(context: AssetExecutionContext, **inputs) -> pd.DataFra
     metadata.update({f"hit_ratio_{r.strategy}": MetadataValue.float(float(r.hit_ratio)) for r in board.itertuples()})
     context.add_output_metadata(metadata)
     return board.reset_index(drop=True)
+
+
+class SampleConfig(Config):
+    movie_ids: list[int] = Field(
+        default=[1, 260, 4896, 59315, 2571],
+        description="Movies to show every strategy's picks for (MovieLens ids; default Toy Story, Star Wars, "
+                    "Harry Potter and the Philosopher's Stone, Iron Man, The Matrix).",
+    )
+    k: int = Field(default=10, ge=1, description="Picks per strategy.")
+    seed: int = Field(default=0, description="Seed of the random strategies.")
+
+
+@asset(
+    group_name=GROUP,
+    kinds={"python", "pandas"},
+    deps=[movie_table, movie_vectors],
+    ins={"movielens_ratings": TRAINING_COLUMNS},
+)
+def sample_recommendations(
+    context: AssetExecutionContext,
+    config: SampleConfig,
+    movie_db: MovieDatabase,
+    vector_store: VectorStore,
+    eval_transitions: pd.DataFrame,
+    movielens_ratings: pd.DataFrame,
+    tmdb_movie_info_kr: pd.DataFrame,
+) -> pd.DataFrame:
+    """Every strategy's picks for a few well-known movies, with Korean title and year: the study's
+    ``get_movies(vector_rcmd(1))``, for every strategy at once. A table per movie in the UI."""
+    collection = settings.qdrant_collection()
+    fill = movielens_ratings["movieId"].unique()
+    users, movies, times, _ = _training(movielens_ratings, eval_transitions)
+    popularity = PopularityRecommender(movies)
+    series = SeriesRecommender(movie_db.series_catalog(), fill, seed=config.seed)
+    next_movie = NextMovieRecommender(users, movies, times, fallback=popularity)
+    details = tmdb_movie_info_kr.set_index("movieId")
+    queries = np.array(config.movie_ids, dtype=np.int64)
+    unknown = [int(m) for m in queries if m not in details.index]
+    if unknown:
+        context.log.warning(f"movies not in the catalogue (their rows show random or popular picks): {unknown}")
+
+    def label(movie_id: int) -> str:
+        if movie_id not in details.index:
+            return f"#{movie_id}"
+        year = str(details.at[movie_id, "release_date"] or "")[:4]
+        return f"{details.at[movie_id, 'title']} ({year})" if year else str(details.at[movie_id, "title"])
+
+    rows = []
+    with vector_store.open() as session:
+        def neighbours(ids, k):
+            return session.neighbours(collection, ids, k)
+
+        no_fill = np.zeros(0, dtype=np.int64)
+        strategies = [
+            RandomRecommender(fill, seed=config.seed), series,
+            VectorRecommender(neighbours, fill, seed=config.seed),
+            SeriesVectorRecommender(series, neighbours, fill, seed=config.seed),
+            popularity, next_movie,
+            HybridRecommender([(NextMovieRecommender(users, movies, times), 1.0),
+                               (SeriesRecommender(movie_db.series_catalog(), no_fill), 1.0),
+                               (VectorRecommender(neighbours, no_fill), 0.5), (popularity, 0.05)]),
+        ]
+        for strategy in strategies:
+            picks = strategy.recommend(queries, config.k)
+            for query, row in zip(queries, picks, strict=True):
+                for rank, movie_id in enumerate(row, start=1):
+                    rows.append({"query_movieId": int(query), "strategy": strategy.name, "rank": rank,
+                                 "movieId": int(movie_id), "title": label(int(movie_id)) if movie_id > 0 else ""})
+    frame = pd.DataFrame(rows)
+    metadata = {}
+    names = [s.name for s in strategies]
+    for query in queries:
+        table = frame[frame["query_movieId"] == query].pivot(index="rank", columns="strategy", values="title")[names]
+        lines = ["| # | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        lines += [f"| {rank} | " + " | ".join(str(v).replace("|", "/") for v in table.loc[rank]) + " |"
+                  for rank in table.index]
+        metadata[f"{int(query)} {label(int(query))}"] = MetadataValue.md("\n".join(lines))
+    context.add_output_metadata(metadata)
+    return frame
