@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 
-from rcmd_pipeline import settings
+from rcmd_pipeline import cli, settings
 from rcmd_pipeline.definitions import defs
 from rcmd_pipeline_tests.conftest import materialize_all, small_run_config
 
@@ -34,7 +34,7 @@ def test_definitions_load_with_every_asset_grouped_and_described():
     assert graph.get(AssetKey("eval_transitions")).parent_keys == {AssetKey("movielens_ratings")}
 
 
-def test_materialize_every_asset_on_the_demo_data_with_the_study_defaults(tmp_path):
+def test_materialize_every_asset_on_the_demo_data_with_the_study_defaults(tmp_path, monkeypatch, capsys):
     result = materialize_all(settings.DEMO_DATASET_DIR, tmp_path)
     assert result.success
     meta = {e.asset_key.to_user_string(): e.materialization.metadata
@@ -80,6 +80,21 @@ def test_materialize_every_asset_on_the_demo_data_with_the_study_defaults(tmp_pa
     toy_story_series = samples[(samples.query_movieId == 1) & (samples.strategy == "series")]
     assert toy_story_series.movieId.tolist()[:3] == [201588, 78499, 3114]  # Toy Story 4, 3, 2: newest first
     assert "토이 스토리 4 (2019)" in toy_story_series.title.tolist()
+
+    # the three rcmd commands on the demo state just built
+    for name in ("RCMD_DATABASE_URL", "QDRANT_URL", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RCMD_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("RCMD_DATASET_PATH", str(settings.DEMO_DATASET_DIR))
+    capsys.readouterr()
+    assert cli.main(["similar", "1", "--json"]) == 0
+    similar = json.loads(capsys.readouterr().out)
+    assert {m["movie_id"] for m in similar[:3]} == {3114, 78499, 201588}  # Toy Story 2, 3, 4 first
+    assert cli.main(["search", "장난감들이 살아 움직이는 이야기", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert {1, 3114, 78499, 201588} & {m["movie_id"] for m in found[:5]}
+    assert cli.main(["user", "1", "-k", "5"]) == 0
+    assert len([line for line in capsys.readouterr().out.splitlines() if line.strip()]) >= 5
 
 
 def test_materializing_twice_gives_the_same_evaluation_set_and_score(tmp_path, small_dataset):
