@@ -61,7 +61,6 @@ Why :class:`LocalE5Embedder` looks the way it does: see its docstring (e5's pref
 """
 
 import logging
-import os
 import random
 import re
 import threading
@@ -73,8 +72,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
-from dagster import ConfigurableResource, EnvVar
+from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
+
+from rcmd_pipeline.resources.secrets import env_value, redact, secret_value
 
 log = logging.getLogger(__name__)
 
@@ -163,18 +164,8 @@ def _l2_normalised(vectors: Any, n: int, source: str) -> np.ndarray:
     return np.ascontiguousarray(arr / norms, dtype=np.float32)
 
 
-def _secret_value(value: Any) -> str:
-    """The string behind a secret field, resolving an ``EnvVar`` outside a Dagster run too."""
-    if isinstance(value, EnvVar):
-        value = value.get_value()
-    return (value or "").strip()
-
-
 def _redact(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "<redacted>")
-    return _OPENAI_KEY_SHAPE.sub("sk-<redacted>", text)
+    return _OPENAI_KEY_SHAPE.sub("sk-***", redact(text, secrets))
 
 
 def _retry_after_seconds(headers: Any) -> float | None:
@@ -446,7 +437,7 @@ class OpenAIEmbedder(Embedder):
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         self._check_settings()
-        key = _secret_value(self.api_key)
+        key = secret_value(self.api_key)
         if not key:
             raise EmbedderAuthError(f"{OPENAI_API_KEY_ENV} is empty: set it to an API key for {self._endpoint()}")
         texts = list(texts)
@@ -624,14 +615,6 @@ def _error_detail(exc) -> str:
 # --------------------------------------------------------------------------- choosing from the environment
 
 
-def _env_value(environ: Mapping[str, str], name: str):
-    """``EnvVar(name)`` when ``environ`` agrees with the process environment (then Dagster stores
-    and shows the variable's name, not the secret); the plain value otherwise (a custom mapping,
-    e.g. in tests: EnvVar could not resolve it at run time). Either way it is kept out of repr."""
-    value = environ[name]
-    return EnvVar(name) if os.environ.get(name) == value else value
-
-
 def embedder_from_environment(environ: Mapping[str, str]) -> Embedder:
     """:class:`OpenAIEmbedder` when ``OPENAI_API_KEY`` is set, else :class:`LocalE5Embedder`.
 
@@ -642,7 +625,7 @@ def embedder_from_environment(environ: Mapping[str, str]) -> Embedder:
     key = (environ.get(OPENAI_API_KEY_ENV) or "").strip()
     if not key:
         return LocalE5Embedder()
-    kwargs: dict[str, Any] = {"api_key": _env_value(environ, OPENAI_API_KEY_ENV)}
+    kwargs: dict[str, Any] = {"api_key": env_value(environ, OPENAI_API_KEY_ENV)}
     model = (environ.get(EMBEDDING_MODEL_ENV) or "").strip()
     if model:
         kwargs["model"] = model

@@ -20,7 +20,6 @@ Why the loads look the way they do:
   resource holds ``EnvVar("RCMD_DATABASE_URL")``, so Dagster's UI shows the variable, not the value.
 """
 
-import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import date, datetime
@@ -29,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from dagster import ConfigurableResource, EnvVar
+from dagster import ConfigurableResource
 from sqlalchemy import (
     CHAR,
     CheckConstraint,
@@ -60,6 +59,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
+
+from rcmd_pipeline.resources.secrets import env_value
 
 DATABASE_URL_ENV = "RCMD_DATABASE_URL"
 SQLITE_FILE_NAME = "rcmd.sqlite"
@@ -529,9 +530,7 @@ def movie_database_from_environment(environ: Mapping[str, str], data_dir: str | 
     """
     url = (environ.get(DATABASE_URL_ENV) or "").strip()
     if url:
-        if url == (os.environ.get(DATABASE_URL_ENV) or "").strip():
-            return MovieDatabase(url=EnvVar(DATABASE_URL_ENV))
-        return MovieDatabase(url=url)
+        return MovieDatabase(url=env_value(environ, DATABASE_URL_ENV))
     folder = Path(data_dir).expanduser().resolve()
     folder.mkdir(parents=True, exist_ok=True)
     return MovieDatabase(url=f"sqlite:///{folder / SQLITE_FILE_NAME}")

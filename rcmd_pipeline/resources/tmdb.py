@@ -46,7 +46,6 @@ Why the HTTP client looks the way it does (MovieLens 32M links about 87,000 TMDB
 
 import json
 import logging
-import os
 import random
 import re
 import threading
@@ -61,10 +60,11 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from dagster import ConfigurableResource, EnvVar
+from dagster import ConfigurableResource
 from pydantic import Field
 
 from rcmd_pipeline.resources.local_state import atomic_write
+from rcmd_pipeline.resources.secrets import env_value, redact, secret_value
 
 API_KEY_ENV = "TMDB_API_KEY"
 READ_ACCESS_TOKEN_ENV = "TMDB_READ_ACCESS_TOKEN"
@@ -440,18 +440,7 @@ def _install_log_redaction() -> None:
 
 
 def _redact(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return _API_KEY_IN_TEXT.sub(r"\1***", text)
-
-
-def _secret(value) -> str | None:
-    """A secret field's value: resolves ``EnvVar`` outside a run (in a run Dagster already did)."""
-    if isinstance(value, EnvVar):
-        value = value.get_value()
-    value = (value or "").strip()
-    return value or None
+    return _API_KEY_IN_TEXT.sub(r"\1***", redact(text, secrets))
 
 
 def _retry_after_seconds(value: str | None) -> float | None:
@@ -568,7 +557,7 @@ class HttpTmdbClient(TmdbClient):
 
     def _credential(self) -> tuple[dict[str, str], dict[str, str], str, tuple[str, ...]]:
         """(headers, query params, name of the env var in use, secrets to redact)."""
-        token, key = _secret(self.read_access_token), _secret(self.api_key)
+        token, key = secret_value(self.read_access_token) or None, secret_value(self.api_key) or None
         secrets = tuple(s for s in (token, key) if s)
         if token:
             return {"Authorization": f"Bearer {token}"}, {}, READ_ACCESS_TOKEN_ENV, secrets
@@ -842,14 +831,6 @@ class HttpTmdbClient(TmdbClient):
 # --------------------------------------------------------------------------- choosing from the environment
 
 
-def _env_value(environ: Mapping[str, str], name: str):
-    """``EnvVar(name)`` when ``environ`` agrees with the process environment (then Dagster stores
-    and shows the variable's name, not the secret); the plain value otherwise (a custom mapping,
-    e.g. in tests: EnvVar could not resolve it at run time). Either way it is kept out of repr."""
-    value = environ[name]
-    return EnvVar(name) if os.environ.get(name) == value else value
-
-
 def tmdb_client_from_environment(environ: Mapping[str, str], snapshot_dir: str | Path) -> TmdbClient:
     """The HTTP client when ``TMDB_READ_ACCESS_TOKEN`` or ``TMDB_API_KEY`` is set, else the snapshot.
 
@@ -865,9 +846,9 @@ def tmdb_client_from_environment(environ: Mapping[str, str], snapshot_dir: str |
         return SnapshotTmdbClient(snapshot_dir=str(snapshot_dir))
     kwargs: dict[str, Any] = {}
     if token:
-        kwargs["read_access_token"] = _env_value(environ, READ_ACCESS_TOKEN_ENV)
+        kwargs["read_access_token"] = env_value(environ, READ_ACCESS_TOKEN_ENV)
     if key:
-        kwargs["api_key"] = _env_value(environ, API_KEY_ENV)
+        kwargs["api_key"] = env_value(environ, API_KEY_ENV)
     base_url = (environ.get(BASE_URL_ENV) or "").strip()
     if base_url:
         kwargs["base_url"] = base_url

@@ -90,8 +90,10 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
-from dagster import ConfigurableResource, EnvVar
+from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
+
+from rcmd_pipeline.resources.secrets import env_value, redact, secret_value
 
 log = logging.getLogger(__name__)
 
@@ -274,20 +276,6 @@ def _mask_url(url: str) -> str:
         netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
         parts = parts._replace(netloc=netloc)
     return urlunsplit(parts)
-
-
-def _secret_value(value: Any) -> str:
-    """The string behind a secret field, resolving an ``EnvVar`` outside a Dagster run too."""
-    if isinstance(value, EnvVar):
-        value = value.get_value()
-    return (value or "").strip()
-
-
-def _redact(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "<redacted>")
-    return text
 
 
 # ----------------------------------------------------------------------------- session interface
@@ -542,14 +530,14 @@ class QdrantServerStore(VectorStore):
         url = (self.url or "").strip()
         if not url:
             raise VectorStoreError(f"QdrantServerStore needs a url: set {QDRANT_URL_ENV} (e.g. http://localhost:6333)")
-        key = _secret_value(self.api_key)
+        key = secret_value(self.api_key)
         try:
             client = QdrantClient(url=url, api_key=key or None, timeout=self.timeout,
                                   prefer_grpc=self.prefer_grpc, check_compatibility=False)
         except Exception as exc:  # noqa: BLE001 - a bad URL: say which variable, never the key
             raise VectorStoreConnectionError(
                 f"Cannot use the Qdrant URL {_mask_url(url)} ({QDRANT_URL_ENV}): "
-                f"{_redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, [key])}"
+                f"{redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, [key])}"
             ) from None
         session = _ServerSession(self, client, owns_client=True)
         session.check_connection()
@@ -590,15 +578,8 @@ def vector_store_from_environment(environ: Mapping[str, str], data_dir: str | os
         return EmbeddedQdrantStore(path=str(Path(data_dir) / VECTORS_FOLDER))
     kwargs: dict[str, Any] = {"url": url}
     if (environ.get(QDRANT_API_KEY_ENV) or "").strip():
-        kwargs["api_key"] = _env_value(environ, QDRANT_API_KEY_ENV)
+        kwargs["api_key"] = env_value(environ, QDRANT_API_KEY_ENV)
     return QdrantServerStore(**kwargs)
-
-
-def _env_value(environ: Mapping[str, str], name: str):
-    """``EnvVar(name)`` when ``environ`` agrees with the process environment (Dagster then shows the
-    variable's name, not the secret); the plain value otherwise (a custom mapping, e.g. in tests)."""
-    value = environ[name]
-    return EnvVar(name) if os.environ.get(name) == value else value
 
 
 # ----------------------------------------------------------------------------- server implementation
@@ -646,10 +627,10 @@ class _ServerSession(VectorSession):
         try:
             self._client.get_collections()
         except Exception as exc:  # noqa: BLE001 - every failure here means "cannot use this server"
-            key = _secret_value(self._store.api_key)
+            key = secret_value(self._store.api_key)
             status = getattr(exc, "status_code", None)
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            detail = _redact(f"{type(exc).__name__}: {first}", [key])[:300]
+            detail = redact(f"{type(exc).__name__}: {first}", [key])[:300]
             self._close()
             if status in (401, 403):
                 raise VectorStoreConnectionError(
