@@ -342,7 +342,9 @@ class OpenAIEmbedder(Embedder):
         repr=False, description="API key (OPENAI_API_KEY), sent as a Bearer token. Pass EnvVar('OPENAI_API_KEY')."
     )
     base_url: str | None = Field(
-        default=None, description=f"API root including /v1 (OPENAI_BASE_URL); null: {OPENAI_DEFAULT_BASE_URL}."
+        default=None, repr=False,
+        description=f"API root including /v1 (OPENAI_BASE_URL); null: {OPENAI_DEFAULT_BASE_URL}. May carry a key, "
+                    "so it is passed as EnvVar('OPENAI_BASE_URL') and never shown.",
     )
     model: str = Field(default=DEFAULT_OPENAI_MODEL, description="Embedding model (RCMD_EMBEDDING_MODEL).")
     dimensions: int | None = Field(
@@ -364,16 +366,20 @@ class OpenAIEmbedder(Embedder):
     _retries: int = PrivateAttr(default=0)
     _truncated: int = PrivateAttr(default=0)
 
+    def _base_url(self) -> str:
+        """The API root behind the field (an ``EnvVar`` resolves here too); '' when unset."""
+        return secret_value(self.base_url)
+
     # ---- identity
 
     def _is_openai(self) -> bool:
-        if not self.base_url:
+        if not self._base_url():
             return True
-        return (urlsplit(self.base_url).hostname or "").lower() == "api.openai.com"
+        return (urlsplit(self._base_url()).hostname or "").lower() == "api.openai.com"
 
     def _endpoint(self) -> str:
         """Where requests go, for messages: scheme://host[:port]/path, never credentials or a query."""
-        parts = urlsplit(self.base_url or OPENAI_DEFAULT_BASE_URL)
+        parts = urlsplit(self._base_url() or OPENAI_DEFAULT_BASE_URL)
         host = parts.hostname or "?"
         port = f":{parts.port}" if parts.port else ""
         return f"{parts.scheme}://{host}{port}{parts.path}".rstrip("/")
@@ -382,7 +388,7 @@ class OpenAIEmbedder(Embedder):
         suffix = f"@{self.dimensions}" if self.dimensions else ""
         if self._is_openai():
             return f"openai/{self.model}{suffix}"
-        parts = urlsplit(self.base_url or "")
+        parts = urlsplit(self._base_url())
         where = (parts.hostname or "?") + (f":{parts.port}" if parts.port else "")
         return f"openai-compatible/{where}/{self.model}{suffix}"
 
@@ -453,7 +459,7 @@ class OpenAIEmbedder(Embedder):
 
         import openai
 
-        client = openai.OpenAI(api_key=key, base_url=self.base_url or OPENAI_DEFAULT_BASE_URL,
+        client = openai.OpenAI(api_key=key, base_url=self._base_url() or OPENAI_DEFAULT_BASE_URL,
                                max_retries=0, timeout=self.timeout_seconds)
         out: np.ndarray | None = None
         shrunk: dict[int, int] = {}
@@ -631,7 +637,7 @@ def embedder_from_environment(environ: Mapping[str, str]) -> Embedder:
         kwargs["model"] = model
     base_url = (environ.get(OPENAI_BASE_URL_ENV) or "").strip()
     if base_url:
-        kwargs["base_url"] = base_url
+        kwargs["base_url"] = env_value(environ, OPENAI_BASE_URL_ENV)
     dims = (environ.get(EMBEDDING_DIMENSIONS_ENV) or "").strip()
     if dims:
         try:

@@ -492,7 +492,11 @@ class QdrantServerStore(VectorStore):
     resource object: every session opened from it shares one in-memory client.
     """
 
-    url: str | None = Field(default=None, description="Qdrant URL (QDRANT_URL), e.g. http://localhost:6333.")
+    url: str | None = Field(
+        default=None, repr=False,
+        description="Qdrant URL (QDRANT_URL), e.g. http://localhost:6333; may carry credentials, so it is passed "
+                    "as EnvVar('QDRANT_URL') and shown masked.",
+    )
     api_key: str | None = Field(
         default=None, repr=False,
         description="API key (QDRANT_API_KEY), for Qdrant Cloud or a secured server. Pass EnvVar('QDRANT_API_KEY').",
@@ -511,10 +515,14 @@ class QdrantServerStore(VectorStore):
     _memory_client: Any = PrivateAttr(default=None)
     _memory_lock: Any = PrivateAttr(default_factory=threading.Lock)
 
+    def resolved_url(self) -> str:
+        """The URL behind the field (an ``EnvVar`` resolves here too); '' when unset."""
+        return secret_value(self.url)
+
     def describe(self) -> str:
         if self.location:
             return f"Qdrant local mode {self.location} (qdrant-client)"
-        return f"Qdrant server {_mask_url(self.url or '')} ({QDRANT_URL_ENV})"
+        return f"Qdrant server {_mask_url(self.resolved_url())} ({QDRANT_URL_ENV})"
 
     def _open_session(self) -> VectorSession:
         from qdrant_client import QdrantClient
@@ -527,7 +535,7 @@ class QdrantServerStore(VectorStore):
                 if self._memory_client is None:
                     self._memory_client = _SerializedClient(QdrantClient(location=":memory:"))
             return _ServerSession(self, self._memory_client, owns_client=False)
-        url = (self.url or "").strip()
+        url = self.resolved_url()
         if not url:
             raise VectorStoreError(f"QdrantServerStore needs a url: set {QDRANT_URL_ENV} (e.g. http://localhost:6333)")
         key = secret_value(self.api_key)
@@ -576,7 +584,7 @@ def vector_store_from_environment(environ: Mapping[str, str], data_dir: str | os
     url = (environ.get(QDRANT_URL_ENV) or "").strip()
     if not url:
         return EmbeddedQdrantStore(path=str(Path(data_dir) / VECTORS_FOLDER))
-    kwargs: dict[str, Any] = {"url": url}
+    kwargs: dict[str, Any] = {"url": env_value(environ, QDRANT_URL_ENV)}
     if (environ.get(QDRANT_API_KEY_ENV) or "").strip():
         kwargs["api_key"] = env_value(environ, QDRANT_API_KEY_ENV)
     return QdrantServerStore(**kwargs)
@@ -634,11 +642,12 @@ class _ServerSession(VectorSession):
             self._close()
             if status in (401, 403):
                 raise VectorStoreConnectionError(
-                    f"The Qdrant server at {_mask_url(self._store.url or '')} ({QDRANT_URL_ENV}) refused the "
+                    f"The Qdrant server at {_mask_url(self._store.resolved_url())} ({QDRANT_URL_ENV}) refused the "
                     f"request ({status}): check {QDRANT_API_KEY_ENV}."
                 ) from None
             raise VectorStoreConnectionError(
-                f"Cannot reach the Qdrant server at {_mask_url(self._store.url or '')} ({QDRANT_URL_ENV}): {detail}. "
+                f"Cannot reach the Qdrant server at {_mask_url(self._store.resolved_url())} ({QDRANT_URL_ENV}): "
+                f"{detail}. "
                 f"Check that the server runs and that {QDRANT_URL_ENV} is right (or unset it to use the "
                 "embedded store)."
             ) from None
