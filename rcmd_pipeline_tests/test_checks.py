@@ -51,6 +51,17 @@ def test_coverage_check_fails_below_the_configured_share(tmp_path, small_dataset
                       config)
 
 
+def test_coverage_check_warns_instead_of_failing_before_any_evaluation(tmp_path, small_dataset):
+    data_dir = tmp_path / "state"
+    result = materialize([*all_assets, *all_checks], resources=embedded_resources(small_dataset, data_dir),
+                         selection=AssetSelection.assets("movielens_links", "tmdb_movie_info_kr",
+                                                         "movie_overview_embeddings"))
+    assert result.success
+    evaluation = [e for e in result.get_asset_check_evaluations()
+                  if e.check_name == "evaluated_movies_have_vectors"][0]
+    assert not evaluation.passed and evaluation.severity.value == "WARN"
+
+
 def test_series_reference_check_fails_when_a_series_row_is_missing(tmp_path, small_dataset):
     data_dir = tmp_path / "state"
     materialize_all(small_dataset, data_dir, small_run_config())
