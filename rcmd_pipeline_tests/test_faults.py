@@ -176,12 +176,6 @@ PROXY_404 = Fault("status", status=404, content_type="text/html",
                   body=b"<html><head><title>404 Not Found</title></head><body><h1>404 Not Found</h1></body></html>")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a night on which every TMDB answer is a 404 (TMDB_BASE_URL set to TMDB's documented "
-    "'https://api.themoviedb.org/3', or a proxy's 404 page) succeeds with 0 rows: the refresh deletes every "
-    "cached body, movie/series are replaced by empty tables, the embedding cache is compacted to nothing (paid "
-    "for again), and the not_found markers keep the tables empty for retry_not_found_after_days (30) after the "
-    "cause is fixed"))
 @pytest.mark.parametrize("cause", ["base_url_with_version", "proxy_404_page"])
 def test_a_night_of_404s_does_not_wipe_the_catalogue(tmp_path, dataset, cause):
     data_dir = tmp_path / "state"

@@ -67,7 +67,7 @@ def movie_overview_embeddings(
         context.log.info(f"embedded {min(begin + config.chunk_size, len(keys))}/{len(keys)} texts")
     seconds = time.perf_counter() - started
     used = {k: cached[k] for k in dict.fromkeys(hashes)}
-    if len(keys) or len(used) != len(cached):
+    if used and (len(keys) or len(used) != len(cached)):  # an empty catalogue never empties the cache
         cache.compact(used)
 
     frame = pd.DataFrame({"movieId": movies, "text_hash": hashes, "vector": [used[k] for k in hashes]})

@@ -79,6 +79,10 @@ def tmdb_movie_info_kr(
             "kept in the cache and the next run fetches only the rest.",
             metadata=metadata,
         )
+    if not records:
+        raise Failure(f"TMDB gave details for none of the {report.requested} requested movies "
+                      f"({report.not_found} not found, {len(report.failed)} failed): refusing to replace the "
+                      "catalogue with an empty one.", metadata=metadata)
     frame = pd.DataFrame.from_records(list(records.values()), columns=RECORD_COLUMNS)
     frame = frame.sort_values("movieId").reset_index(drop=True)
     metadata.update({

@@ -535,6 +535,11 @@ class HttpTmdbClient(TmdbClient):
     retry_not_found_after_days: float = Field(
         default=30.0, description="Ask again about movies TMDB answered 404 for after this many days."
     )
+    max_not_found_share: float = Field(
+        default=0.5, description="When more than this share of the ids asked in one run (and more than 3) "
+                                 "are answered 404, the 404s are not believed: nothing is forgotten, they count "
+                                 "as failed (a wrong TMDB_BASE_URL or a proxy's error page, not TMDB)."
+    )
 
     # ---- settings
 
@@ -552,6 +557,9 @@ class HttpTmdbClient(TmdbClient):
             problems.append("backoff_base_seconds and backoff_max_seconds must be >= 0")
         if not self.base_url.startswith(("http://", "https://")):
             problems.append(f"base_url must start with http:// or https://, got {_redact(self.base_url, ())!r}")
+        elif re.search(r"/3/*$", self.base_url):
+            problems.append(f"base_url is the API root without the version (e.g. https://api.themoviedb.org; "
+                            f"requests go to <base_url>/3/movie/<id>), got {_redact(self.base_url, ())!r}")
         if problems:
             raise TmdbError("HttpTmdbClient settings: " + "; ".join(problems) + ".")
 
@@ -650,6 +658,7 @@ class HttpTmdbClient(TmdbClient):
                                    secrets, by_tmdb[tmdb_id][0])
 
         logged_failures = 0
+        answered_404: list[int] = []
         last_progress = time.monotonic()
         done = 0
         executor = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="tmdb")
@@ -689,7 +698,8 @@ class HttpTmdbClient(TmdbClient):
                         ) from None
                     done += 1
                     logged_failures += self._account(outcome, by_tmdb[outcome.tmdb_id], records, report,
-                                                     cache, stale, known_not_found, log, logged_failures)
+                                                     cache, stale, known_not_found, log, logged_failures,
+                                                     answered_404)
                 pending = refill(pending)
                 if log is not None and time.monotonic() - last_progress >= _PROGRESS_EVERY_SECONDS:
                     last_progress = time.monotonic()
@@ -702,6 +712,25 @@ class HttpTmdbClient(TmdbClient):
             for s in sessions:
                 s.close()
 
+        believable = len(answered_404) <= max(3, self.max_not_found_share * len(to_fetch))
+        for tmdb_id in answered_404:
+            movie_ids = by_tmdb[tmdb_id]
+            if believable:
+                atomic_write(cache / NOT_FOUND_DIR / str(tmdb_id), lambda p: p.write_bytes(b""))
+                (cache / f"{tmdb_id}.json").unlink(missing_ok=True)
+                report.not_found += len(movie_ids)
+            elif (body := self._stale_body(cache, tmdb_id, stale)) is not None:
+                if _records_from_body(body, tmdb_id, movie_ids, records, report, "from_cache"):
+                    report.stale += len(movie_ids)
+            elif tmdb_id in known_not_found:
+                report.not_found += len(movie_ids)  # last known answer stands
+            else:
+                report.failed.extend(_failure(m, tmdb_id, f"HTTP 404, not believed: {len(answered_404)} of "
+                                              f"{len(to_fetch)} ids asked were answered 404 (check "
+                                              f"{BASE_URL_ENV})") for m in movie_ids)
+        if answered_404 and not believable and log is not None:
+            log.warning(f"TMDB: {len(answered_404)} of {len(to_fetch)} ids asked were answered 404: not believed, "
+                        f"nothing was forgotten (is {BASE_URL_ENV} the API root, {_redact(url_root, secrets)}?)")
         report.requests_sent, report.retries = counters.sent, counters.retries
         report.seconds = time.monotonic() - started
         if log is not None:
@@ -712,14 +741,14 @@ class HttpTmdbClient(TmdbClient):
         return records, report
 
     def _account(self, outcome: _Outcome, movie_ids: list[int], records: dict, report: FetchReport,
-                 cache: Path, stale: set, known_not_found: set, log, logged: int) -> int:
+                 cache: Path, stale: set, known_not_found: set, log, logged: int, answered_404: list) -> int:
         """Fold one worker outcome into records and report; returns failures logged now."""
         tmdb_id = outcome.tmdb_id
         before = len(report.failed)
         if outcome.kind == "fetched":
             _records_from_body(outcome.body, tmdb_id, movie_ids, records, report, "fetched")
         elif outcome.kind == "not_found":
-            report.not_found += len(movie_ids)
+            answered_404.append(tmdb_id)
         elif outcome.kind == "failed" and (body := self._stale_body(cache, tmdb_id, stale)) is not None:
             if _records_from_body(body, tmdb_id, movie_ids, records, report, "from_cache"):
                 report.stale += len(movie_ids)
@@ -777,10 +806,7 @@ class HttpTmdbClient(TmdbClient):
                 status = response.status_code
                 if status == 200:
                     return self._accept_body(tmdb_id, content, cache, first_movie_id, secrets)
-                if status == 404:
-                    marker = cache / NOT_FOUND_DIR / str(tmdb_id)
-                    atomic_write(marker, lambda p: p.write_bytes(b""))
-                    (cache / f"{tmdb_id}.json").unlink(missing_ok=True)
+                if status == 404:  # remembered (or not) by fetch_details once every answer is in
                     return _Outcome(tmdb_id, "not_found")
                 error = _tmdb_error_body(response)
                 detail = _redact(str(error.get("status_message") or "")[:200], secrets)
