@@ -857,6 +857,21 @@ class HttpTmdbClient(TmdbClient):
 # --------------------------------------------------------------------------- choosing from the environment
 
 
+def _positive_number(environ: Mapping[str, str], name: str, expected: str,
+                     default: float | None = None) -> float | None:
+    """The variable as a number > 0, ``default`` when unset or blank, a clear error otherwise."""
+    text = (environ.get(name) or "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise TmdbError(f"{name}={text!r}: expected {expected}") from None
+    if not value > 0:
+        raise TmdbError(f"{name}={text!r}: must be greater than 0")
+    return value
+
+
 def tmdb_client_from_environment(environ: Mapping[str, str], snapshot_dir: str | Path) -> TmdbClient:
     """The HTTP client when ``TMDB_READ_ACCESS_TOKEN`` or ``TMDB_API_KEY`` is set, else the snapshot.
 
@@ -878,20 +893,9 @@ def tmdb_client_from_environment(environ: Mapping[str, str], snapshot_dir: str |
     base_url = (environ.get(BASE_URL_ENV) or "").strip()
     if base_url:
         kwargs["base_url"] = base_url
-    max_age = (environ.get(MAX_AGE_DAYS_ENV) or "").strip()
-    try:
-        kwargs["max_age_days"] = float(max_age) if max_age else DEFAULT_MAX_AGE_DAYS
-    except ValueError:
-        raise TmdbError(f"{MAX_AGE_DAYS_ENV}={max_age!r}: expected a number of days (e.g. 30)") from None
-    if not kwargs["max_age_days"] > 0:
-        raise TmdbError(f"{MAX_AGE_DAYS_ENV}={max_age!r}: must be greater than 0")
-    rate = (environ.get(REQUESTS_PER_SECOND_ENV) or "").strip()
-    if rate:
-        try:
-            kwargs["requests_per_second"] = float(rate)
-        except ValueError:
-            raise TmdbError(f"{REQUESTS_PER_SECOND_ENV}={rate!r}: expected a number of requests per second "
-                            "(e.g. 40)") from None
-        if not kwargs["requests_per_second"] > 0:
-            raise TmdbError(f"{REQUESTS_PER_SECOND_ENV}={rate!r}: must be greater than 0")
+    kwargs["max_age_days"] = _positive_number(environ, MAX_AGE_DAYS_ENV, "a number of days (e.g. 30)",
+                                              DEFAULT_MAX_AGE_DAYS)
+    rate = _positive_number(environ, REQUESTS_PER_SECOND_ENV, "a number of requests per second (e.g. 40)")
+    if rate is not None:
+        kwargs["requests_per_second"] = rate
     return HttpTmdbClient(**kwargs)
