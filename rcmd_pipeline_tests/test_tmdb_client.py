@@ -575,3 +575,14 @@ def test_http_client_from_environment_works_inside_a_dagster_run(monkeypatch, st
     assert set(result.output_for_node("tmdb_probe")) == {17001, 17002}
     assert server.requests(18001)[0].query["api_key"] == SECRET  # resolved from the EnvVar inside the run
     assert "/3/movie/<id>" in stored and SECRET not in stored
+
+
+def test_max_age_days_from_the_environment_drives_the_nightly_refresh(tmp_path):
+    from rcmd_pipeline.resources.tmdb import DEFAULT_MAX_AGE_DAYS, TmdbError, tmdb_client_from_environment
+
+    base = {"TMDB_READ_ACCESS_TOKEN": "t"}
+    assert tmdb_client_from_environment(base, tmp_path).max_age_days == DEFAULT_MAX_AGE_DAYS == 30.0
+    assert tmdb_client_from_environment({**base, "TMDB_MAX_AGE_DAYS": "7"}, tmp_path).max_age_days == 7.0
+    for bad, message in (("abc", "expected a number of days"), ("0", "greater than 0")):
+        with pytest.raises(TmdbError, match=f"TMDB_MAX_AGE_DAYS='{bad}': {message}"):
+            tmdb_client_from_environment({**base, "TMDB_MAX_AGE_DAYS": bad}, tmp_path)
