@@ -583,6 +583,6 @@ def test_max_age_days_from_the_environment_drives_the_nightly_refresh(tmp_path):
     base = {"TMDB_READ_ACCESS_TOKEN": "t"}
     assert tmdb_client_from_environment(base, tmp_path).max_age_days == DEFAULT_MAX_AGE_DAYS == 30.0
     assert tmdb_client_from_environment({**base, "TMDB_MAX_AGE_DAYS": "7"}, tmp_path).max_age_days == 7.0
-    for bad, message in (("abc", "expected a number of days"), ("0", "greater than 0")):
+    for bad, message in (("abc", "expected a number of days"), ("0", "must be greater than 0")):
         with pytest.raises(TmdbError, match=f"TMDB_MAX_AGE_DAYS='{bad}': {message}"):
             tmdb_client_from_environment({**base, "TMDB_MAX_AGE_DAYS": bad}, tmp_path)
