@@ -419,6 +419,22 @@ STAGES = {  # the first file each stage writes, relative to RCMD_DATA_DIR
 }
 
 
+def _kill_when(proc, reached, timeout: float = 120) -> None:
+    """SIGKILL the run's whole process group as soon as ``reached()`` is true (or leave it to end)."""
+    try:
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and time.monotonic() < deadline:
+            if reached():
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.002)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def _start_cli(dataset: Path, state: Path, home: Path, log: Path) -> subprocess.Popen:
     """``dagster asset materialize --select '*'`` in its own process group, output to ``log``."""
     home.mkdir(parents=True, exist_ok=True)
@@ -528,18 +544,7 @@ def test_a_run_killed_at_a_stage_and_rerun_ends_like_an_uninterrupted_run(tmp_pa
                                                                            stage):
     state, home, log = tmp_path / "state", tmp_path / "home", tmp_path / "run.log"
     proc = _start_cli(cli_dataset, state, home, log)
-    try:
-        deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline:
-            if any(state.glob(STAGES[stage])):
-                os.killpg(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.002)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    _kill_when(proc, lambda: any(state.glob(STAGES[stage])))
     assert proc.returncode == -signal.SIGKILL, f"the run ended ({proc.returncode}) before {stage} was reached"
     assert "RUN_SUCCESS" not in log.read_text(errors="replace")
     saved = len(EmbeddingCache(state / "embedding_cache").load())
@@ -561,18 +566,7 @@ def test_a_nightly_run_killed_while_rebuilding_keeps_serving_the_previous_night(
     last_night = _final_outputs(state)
     assert last_night["served"]["info"]["generation"] == 1
     proc = _start_cli(cli_dataset, state, home, log)  # tonight: killed while the next generation is built
-    try:
-        deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline:
-            if (state / "vectors" / COLLECTION / "g000002").exists():
-                os.killpg(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.002)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    _kill_when(proc, lambda: (state / "vectors" / COLLECTION / "g000002").exists())
     assert proc.returncode == -signal.SIGKILL, "the run ended before the rebuild started"
     print(f"nightly run killed during step {_last_step_started(log)}: {_left_behind(state)}")
     # what readers see the morning after: last night's collection and tables, untouched
