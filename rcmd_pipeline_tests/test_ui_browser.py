@@ -166,22 +166,25 @@ def test_ui_shows_lineage_and_cli_runs_and_launches_the_evaluation_group(tmp_pat
 
         # -- launch the evaluation group from the UI, with config typed into the launchpad ----------------
         browser.open(f"/locations/{location}/asset-groups/evaluation")
-        button = browser.wait_xpath("//button[contains(normalize-space(), 'Materialize all')]", 60, "Materialize all")
+        materialize_all = "//button[contains(normalize-space(), 'Materialize all')]"
+        browser.wait_xpath(materialize_all, 60, "Materialize all")
         browser.wait_for(lambda: browser.graph_node_labels(), 60, "the evaluation group's graph")
-        browser.shift_click(button)  # shift-click: open the launchpad instead of launching with the defaults
+        # shift-click: open the launchpad instead of launching with the defaults
+        browser.click_fresh(lambda: next((b for b in browser.xpath_all(materialize_all) if b.is_displayed()), None),
+                            30, "Materialize all", action=browser.shift_click)
         dialog = browser.wait_xpath("//*[@role='dialog'][contains(., 'Launchpad')]", 60, "the launchpad")
         browser.type_in_launchpad(UI_CONFIG)
         # The launch button is disabled while the typed config is being validated by the webserver.
-        launch = browser.wait_for(
-            lambda: next((button for button in browser.xpath_all("//*[@role='dialog']//button[normalize-space()"
-                                                                 "='Materialize']")
-                          if button.is_displayed() and button.is_enabled()), None),
-            60, "the launchpad's Materialize button to be enabled")
+        def launch_button():
+            return next((button for button in browser.xpath_all("//*[@role='dialog']//button[normalize-space()"
+                                                                "='Materialize']")
+                         if button.is_displayed() and button.is_enabled()), None)
+        browser.wait_for(launch_button, 60, "the launchpad's Materialize button to be enabled")
         browser.wait_xpath("//*[@role='dialog']//*[normalize-space()='No errors']", 30, "'No errors' in the launchpad")
         dialog_lines = {line.strip() for line in dialog.text.splitlines()}
         assert expected["evaluation"] <= dialog_lines, dialog_lines
         browser.screenshot("launchpad")
-        launch.click()
+        browser.click_fresh(launch_button, 30, "the launchpad's Materialize button")
         ui_run_id = browser.wait_for(lambda: RUN_ID.search(browser.driver.current_url), 60,
                                      "the new run's page").group(1)
         lap("launch_from_ui")

@@ -211,6 +211,51 @@ class Browser:
             return shown[0] if shown else None
         return self.wait_for(visible, timeout, what or xpath)
 
+    def click_fresh(self, find: Callable[[], object], timeout: float, what: str,
+                    action: Callable[[object], None] | None = None) -> None:
+        """Clicks the element ``find()`` returns, looking it up afresh on every try.
+
+        React re-renders menus and buttons between a lookup and a click (the graph's menu does, right
+        after "Expand all groups"): the element found a moment ago is then stale, or covered by the
+        re-rendered one. Such a click did not happen, so it is retried on a new lookup until it goes
+        through or ``timeout`` runs out. Any other error is raised at once. ``action`` replaces the
+        plain click (e.g. :meth:`shift_click`).
+        """
+        from selenium.common.exceptions import (
+            ElementClickInterceptedException,
+            ElementNotInteractableException,
+            StaleElementReferenceException,
+        )
+
+        def clicked():
+            element = find()
+            if not element:
+                return False
+            try:
+                (action or (lambda e: e.click()))(element)
+            except (StaleElementReferenceException, ElementClickInterceptedException,
+                    ElementNotInteractableException):
+                return False
+            return True
+
+        retried = (StaleElementReferenceException, ElementClickInterceptedException, ElementNotInteractableException)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if clicked():
+                    return
+            except retried:  # find() itself read a stale element (is_displayed, text, attributes)
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout:.0f}s trying to click {what}")
+            time.sleep(0.25)
+
+    def click_xpath(self, xpath: str, timeout: float = 20, what: str | None = None) -> None:
+        """Clicks the first displayed element matching ``xpath``, re-found on every try (see click_fresh)."""
+        def first_shown():
+            return next((e for e in self.xpath_all(xpath) if e.is_displayed()), None)
+        self.click_fresh(first_shown, timeout, what or xpath)
+
     def body_text(self) -> str:
         return self.driver.find_element(self.by().TAG_NAME, "body").text
 
@@ -234,38 +279,72 @@ class Browser:
 
     def dismiss_community_dialog(self, timeout: float = 8) -> bool:
         """A fresh instance greets a local UI with "Join the Dagster community"; click its Skip."""
+        skip = "//*[@role='dialog']//button[normalize-space()='Skip']"
         try:
-            skip = self.wait_xpath("//*[@role='dialog']//button[normalize-space()='Skip']", timeout)
+            self.wait_xpath(skip, timeout)
         except TimeoutError:
             return False
-        skip.click()
+        self.click_xpath(skip, 10, "the community dialog's Skip button")
         self.wait_for(lambda: not self.xpath_all("//*[@role='dialog']//button[normalize-space()='Skip']"),
                       10, "the community dialog to close")
         return True
 
-    def graph_menu(self, item_text: str) -> None:
-        """Opens the graph's settings menu (the gear beside the zoom slider) and clicks an item."""
-        def gear():
-            buttons = [b for b in self.find_all("button")
-                       if b.is_displayed() and not b.text.strip()
-                       and "/settings." in (b.get_attribute("innerHTML") or "")]
-            return buttons[-1] if buttons else None
+    def _graph_gear(self):
+        """The graph's settings button (the gear beside the zoom slider), or None while it is not shown."""
+        buttons = [b for b in self.find_all("button")
+                   if b.is_displayed() and not b.text.strip() and "/settings." in (b.get_attribute("innerHTML") or "")]
+        return buttons[-1] if buttons else None
 
-        self.wait_for(gear, 20, "the graph settings button").click()
-        item = self.wait_xpath(f"//ul//button[contains(normalize-space(), '{item_text}')]", 10, item_text)
-        item.click()
-        self.wait_for(lambda: not self.xpath_all(f"//ul//button[contains(normalize-space(), '{item_text}')]"),
-                      10, "the graph menu to close")
+    def _open_graph_menu(self, timeout: float) -> None:
+        """Clicks the gear until the menu's items are shown: a click that lands while the graph re-renders
+        can be swallowed, so a menu that did not open is opened again (a fresh lookup each time)."""
+        from selenium.common.exceptions import StaleElementReferenceException
 
-    def graph_menu_items(self) -> list[str]:
+        deadline = time.monotonic() + timeout
+
+        def menu_shown():
+            try:
+                return any(b.is_displayed() for b in self.xpath_all("//ul//li//button"))
+            except StaleElementReferenceException:
+                return False
+
+        while not menu_shown():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"timed out after {timeout:.0f}s opening the graph settings menu")
+            self.click_fresh(self._graph_gear, remaining, "the graph settings button")
+            try:
+                self.wait_for(menu_shown, min(5.0, max(deadline - time.monotonic(), 0.5)), "the graph menu")
+            except TimeoutError:
+                continue
+
+    def graph_menu(self, item_text: str, timeout: float = 30) -> None:
+        """Opens the graph's settings menu and clicks an item, then waits for the menu to close.
+
+        Each step looks its element up afresh and retries a click that met a re-rendered (stale)
+        element, within ``timeout``: never a fixed sleep. The item's click happens once at most, since a
+        click that raised did not reach the page (items such as the orientation toggle flip on each click).
+        """
+        item = f"//ul//button[contains(normalize-space(), '{item_text}')]"
+        deadline = time.monotonic() + timeout
+        self._open_graph_menu(timeout)
+        self.wait_xpath(item, max(deadline - time.monotonic(), 1.0), item_text)
+        self.click_xpath(item, max(deadline - time.monotonic(), 1.0), f"the graph menu item {item_text!r}")
+        self.wait_for(lambda: not self.xpath_all(item), 10, "the graph menu to close")
+
+    def graph_menu_items(self, timeout: float = 30) -> list[str]:
         """The texts of the graph settings menu, which is then closed again with Escape."""
+        from selenium.common.exceptions import StaleElementReferenceException
         from selenium.webdriver.common.keys import Keys
 
-        gear = [b for b in self.find_all("button") if b.is_displayed() and not b.text.strip()
-                and "/settings." in (b.get_attribute("innerHTML") or "")][-1]
-        gear.click()
-        self.wait_xpath("//ul//li//button", 10, "the graph menu")
-        items = [b.text.splitlines()[0] for b in self.xpath_all("//ul//li//button") if b.text.strip()]
+        self._open_graph_menu(timeout)
+
+        def texts():  # the menu may re-render while it is read: read it again, whole
+            try:
+                return [b.text.splitlines()[0] for b in self.xpath_all("//ul//li//button") if b.text.strip()]
+            except StaleElementReferenceException:
+                return None
+        items = self.wait_stable(texts, 20, "the graph menu's items", interval=0.25)
         self.driver.find_element(self.by().TAG_NAME, "body").send_keys(Keys.ESCAPE)
         self.wait_for(lambda: not self.xpath_all("//ul//li//button"), 10, "the graph menu to close")
         return items
@@ -277,9 +356,21 @@ class Browser:
         """Edges drawn between nodes (the edges of a hovered node are drawn again, highlighted: counted once)."""
         return len({path.get_attribute("d") for path in self.find_all("svg[class*='svgContainer'] path[marker-end]")})
 
-    def graph_asset_names(self) -> set[str]:
+    def graph_asset_names(self, timeout: float = 60) -> set[str]:
         """Every asset node's full name. Zoomed out, long names are shortened ("movie_…_embeddings"):
-        those are read from the tooltip that hovering the node shows."""
+        those are read from the tooltip that hovering the node shows. A graph that re-renders while it
+        is read (stale nodes) is read again, whole, within ``timeout``."""
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self._read_graph_asset_names()
+            except StaleElementReferenceException:
+                if time.monotonic() > deadline:
+                    raise
+
+    def _read_graph_asset_names(self) -> set[str]:
         names = set()
         for label in self.graph_node_labels():
             text = label.text.strip()
@@ -339,8 +430,9 @@ class Browser:
             shown = [e for e in self.find_all("[role='dialog'] .CodeMirror") if e.is_displayed()]
             return shown[0] if shown else None
 
-        editor = self.wait_for(find_editor, 30, "the launchpad's config editor")
-        editor.click()
+        self.wait_for(find_editor, 30, "the launchpad's config editor")
+        self.click_fresh(find_editor, 30, "the launchpad's config editor")
+        editor = find_editor()
         area = editor.find_element(self.by().CSS_SELECTOR, "textarea")
         area.send_keys(Keys.CONTROL, "a")
         area.send_keys(Keys.DELETE)
