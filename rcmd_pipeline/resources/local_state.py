@@ -17,6 +17,7 @@ import pickle
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -36,8 +37,34 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
+class _Keep:
+    """The value an asset returns when its inputs did not change: the stored value stays as it is."""
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP = _Keep()
+SUFFIXES = (".parquet", ".npz", ".pickle")
+
+
+def stored_value_path(base_dir: str | os.PathLike, asset_key_path: list[str]) -> Path | None:
+    """The file holding an asset's stored value under ``base_dir``, or None when there is none."""
+    stem = Path(base_dir, "assets", *asset_key_path)
+    return next((stem.with_suffix(s) for s in SUFFIXES if stem.with_suffix(s).exists()), None)
+
+
+def _is_array_bundle(obj) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, np.ndarray) and v.dtype != object for k, v in obj.items())
+
+
 class LocalStateIOManager(ConfigurableIOManager):
-    """Stores each asset's value in ``<base_dir>/assets/<asset key>.parquet`` (or ``.pickle``)."""
+    """Stores each asset's value in ``<base_dir>/assets/<asset key>`` as ``.parquet`` (DataFrames),
+    ``.npz`` (a dict of NumPy arrays: a model's learned state) or ``.pickle`` (anything else).
+
+    An asset that returns :data:`KEEP` found its inputs unchanged: its stored value is kept as is.
+    """
 
     base_dir: str
 
@@ -46,13 +73,28 @@ class LocalStateIOManager(ConfigurableIOManager):
 
     def handle_output(self, context: OutputContext, obj) -> None:
         stem = self._stem(context)
+        if obj is KEEP:
+            if stored_value_path(self.base_dir, context.asset_key.path) is None:
+                raise FileNotFoundError(f"asset {context.asset_key.to_user_string()} asked to keep its stored value, "
+                                        f"but there is none under {self.base_dir}")
+            return
+        others = [stem.with_suffix(s) for s in SUFFIXES]
         if isinstance(obj, pd.DataFrame):
+            others.remove(stem.with_suffix(".parquet"))
             table = pa.Table.from_pandas(obj, preserve_index=False)
             atomic_write(stem.with_suffix(".parquet"), lambda p: pq.write_table(table, p))
-            stem.with_suffix(".pickle").unlink(missing_ok=True)
+        elif _is_array_bundle(obj):
+            others.remove(stem.with_suffix(".npz"))
+
+            def write_npz(path: Path) -> None:
+                with open(path, "wb") as out:  # a file object: np.savez would append ".npz" to a name
+                    np.savez(out, **obj)
+            atomic_write(stem.with_suffix(".npz"), write_npz)
         else:
+            others.remove(stem.with_suffix(".pickle"))
             atomic_write(stem.with_suffix(".pickle"), lambda p: p.write_bytes(pickle.dumps(obj)))
-            stem.with_suffix(".parquet").unlink(missing_ok=True)
+        for other in others:
+            other.unlink(missing_ok=True)
 
     def load_input(self, context: InputContext):
         stem = self._stem(context)
@@ -60,6 +102,10 @@ class LocalStateIOManager(ConfigurableIOManager):
         if parquet.exists():
             columns = (context.definition_metadata or {}).get("columns")
             return pq.read_table(parquet, columns=columns).to_pandas()
+        bundle = stem.with_suffix(".npz")
+        if bundle.exists():
+            with np.load(bundle, allow_pickle=False) as arrays:
+                return {name: arrays[name] for name in arrays.files}
         pickled = stem.with_suffix(".pickle")
         if pickled.exists():
             return pickle.loads(pickled.read_bytes())
