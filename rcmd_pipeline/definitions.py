@@ -6,6 +6,7 @@
 """
 
 import os
+from collections.abc import Sequence
 
 from dagster import (
     AssetSelection,
@@ -16,9 +17,11 @@ from dagster import (
     load_assets_from_modules,
 )
 
-from rcmd_pipeline import settings
+from rcmd_pipeline import operations, settings
 from rcmd_pipeline.assets import catalog, embeddings, evaluation, movielens, tmdb
 from rcmd_pipeline.assets.checks import all_checks
+from rcmd_pipeline.assets.strategies import strategy_assets
+from rcmd_pipeline.recommenders.registry import REGISTRY, Strategy
 from rcmd_pipeline.resources.embedder import embedder_from_environment
 from rcmd_pipeline.resources.local_state import LocalStateDir, LocalStateIOManager
 from rcmd_pipeline.resources.movie_db import movie_database_from_environment
@@ -26,7 +29,14 @@ from rcmd_pipeline.resources.movielens import MovieLensFiles
 from rcmd_pipeline.resources.tmdb import tmdb_client_from_environment
 from rcmd_pipeline.resources.vector_store import vector_store_from_environment
 
-all_assets = load_assets_from_modules([movielens, tmdb, catalog, embeddings, evaluation])
+
+def assets_for(registry: Sequence[Strategy] = REGISTRY) -> list:
+    """Every asset: the stages, and per registered strategy its model and hit-ratio assets."""
+    return [*load_assets_from_modules([movielens, tmdb, catalog, embeddings]),
+            *evaluation.evaluation_assets(registry), *strategy_assets(registry)]
+
+
+all_assets = assets_for()
 
 rcmd_full_pipeline = define_asset_job(
     "rcmd_full_pipeline",
@@ -39,13 +49,14 @@ nightly_reembedding_job = define_asset_job(
     selection=AssetSelection.assets("tmdb_movie_info_kr").downstream(),
     description="TMDB refresh → movie/series tables → embeddings (incremental) → vectors → every strategy's "
                 "hit ratio → leaderboard, in one run. The evaluation set is read as last materialized.",
+    tags=operations.NIGHTLY_RUN_TAGS,  # retried once, from the failed step, by the daemon (see operations)
 )
 
 nightly_reembedding = ScheduleDefinition(
     name="nightly_reembedding",
     job=nightly_reembedding_job,
-    cron_schedule="0 3 * * *",
-    execution_timezone="Asia/Seoul",
+    cron_schedule=operations.nightly_cron(),  # RCMD_NIGHTLY_CRON, default "0 3 * * *"
+    execution_timezone=operations.NIGHTLY_TIMEZONE,
     default_status=DefaultScheduleStatus.STOPPED,
     description="03:00 Asia/Seoul: refresh TMDB details, re-embed what changed, rebuild the vector "
                 "collection and re-score every strategy. Turn it on in the UI (Automation) or with "
@@ -68,9 +79,10 @@ def build_resources(environ=os.environ) -> dict:
 
 
 defs = Definitions(
-    assets=all_assets,
+    assets=operations.with_freshness_policies(all_assets),  # RCMD_FRESHNESS_FAIL_HOURS (see operations)
     asset_checks=all_checks,
     jobs=[rcmd_full_pipeline, nightly_reembedding_job],
     schedules=[nightly_reembedding],
+    sensors=[operations.run_failure_alert],
     resources=build_resources(),
 )

@@ -1,12 +1,14 @@
 """Bad MovieLens input: each gets an error naming the file, column or setting, and nothing is written."""
 
+import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from rcmd_pipeline.evaluation import InsufficientDataError
-from rcmd_pipeline.resources.movielens import DatasetError, read_links, read_ratings
+from rcmd_pipeline.resources import movielens as movielens_files
+from rcmd_pipeline.resources.movielens import DatasetError, read_links, read_ratings, source_fingerprint
 from rcmd_pipeline_tests.conftest import materialize_all, small_run_config, synthetic_ratings, write_dataset
 
 
@@ -17,6 +19,96 @@ def test_reads_csv_and_parquet_alike(tmp_path):
     pd.testing.assert_frame_equal(from_csv, from_parquet)
     assert from_csv.dtypes.astype(str).tolist() == ["int32", "int32", "float32", "int64"]
     assert read_ratings(tmp_path / "pq", ("movieId",)).columns.tolist() == ["movieId"]
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Read in blocks of 1 KiB of CSV text / 100 parquet rows, so a small file spans many blocks."""
+    monkeypatch.setattr(movielens_files, "_CSV_BLOCK_BYTES", 1024)
+    monkeypatch.setattr(movielens_files, "_PARQUET_BATCH_ROWS", 100)
+
+
+def test_reading_in_many_blocks_gives_the_same_frame(tmp_path, monkeypatch):
+    ratings = synthetic_ratings(users=200)  # 2,000 rows: ~50 KB of CSV
+    csv_folder = write_dataset(tmp_path / "csv", ratings)
+    pq_folder = write_dataset(tmp_path / "pq", ratings, fmt="parquet")
+    whole = read_ratings(csv_folder)
+    monkeypatch.setattr(movielens_files, "_CSV_BLOCK_BYTES", 1024)
+    monkeypatch.setattr(movielens_files, "_PARQUET_BATCH_ROWS", 100)
+    batches = list(movielens_files._csv_batches(csv_folder / "ratings.csv", ("userId",), as_text=False))
+    assert len(batches) > 20  # the file really is read block by block
+    for folder in (csv_folder, pq_folder):
+        blocks = read_ratings(folder)
+        pd.testing.assert_frame_equal(blocks, whole)
+        assert blocks.dtypes.astype(str).tolist() == ["int32", "int32", "float32", "int64"]
+        blocks.loc[0, "timestamp"] = 7  # a frame of writable arrays, not read-only views of Arrow buffers
+        assert blocks.timestamp.iloc[0] == 7
+    pd.testing.assert_frame_equal(whole, ratings.astype({"userId": "int32", "movieId": "int32", "rating": "float32"}))
+    whole.loc[0, "timestamp"] = 7  # one block: its arrays are copies too, not read-only views
+
+
+def test_offending_rows_are_counted_and_numbered_across_blocks(tmp_path, small_blocks):
+    lines = [f"{1 + i // 10},{1 + i % 10},4.0,{1000 + i}" for i in range(3000)]
+    for at in (40, 1500, 2200, 2300, 2400, 2500, 2999):  # 0-based data rows; the file's line is at + 2
+        lines[at] = f"{1 + at // 10},m{at},4.0,{1000 + at}"
+    folder = write_dataset(tmp_path / "d", "userId,movieId,rating,timestamp\n" + "\n".join(lines) + "\n")
+    with pytest.raises(DatasetError) as err:
+        read_ratings(folder)
+    assert str(err.value).endswith(
+        "ratings.csv: column 'movieId' must hold positive whole numbers (movie ids); 7 row(s) of 3000; first: "
+        "line 42: 'm40', line 1502: 'm1500', line 2202: 'm2200', line 2302: 'm2300', line 2402: 'm2400' "
+        "(and 2 more).")
+
+
+def test_a_value_that_only_text_parsing_accepts_late_in_the_file_is_read(tmp_path, small_blocks):
+    # "7.0" is not an int64 for Arrow, so the typed read fails at a late block and the file is read
+    # again as text: the value is a whole number, so it is kept, and nothing is lost or doubled.
+    lines = [f"{1 + i // 10},{1 + i % 10},4.0,{1000 + i}" for i in range(3000)]
+    lines[2900] = "291,7.0,4.0,3900"
+    folder = write_dataset(tmp_path / "d", "userId,movieId,rating,timestamp\n" + "\n".join(lines) + "\n")
+    frame = read_ratings(folder)
+    assert len(frame) == 3000 and frame.movieId.iloc[2900] == 7 and frame.movieId.dtype == "int32"
+    assert frame.timestamp.tolist() == [1000 + i for i in range(3000)]
+
+
+def test_parquet_offenders_are_numbered_across_batches(tmp_path, small_blocks):
+    ratings = synthetic_ratings(users=100).astype({"userId": "float64"})
+    ratings.loc[[5, 250, 999], "userId"] = [0.5, float("nan"), -3.0]
+    with pytest.raises(DatasetError, match=r"'userId'.*3 row\(s\) of 1000; first: row 5: 0\.5, row 250: nan, "
+                                           r"row 999: -3\.0\.$"):
+        read_ratings(write_dataset(tmp_path / "d", ratings, fmt="parquet"))
+
+
+def test_header_only_files_give_an_empty_typed_frame(tmp_path):
+    frame = read_ratings(write_dataset(tmp_path / "d", "userId,movieId,rating,timestamp\n"))
+    assert len(frame) == 0 and frame.dtypes.astype(str).tolist() == ["int32", "int32", "float32", "int64"]
+
+
+def test_source_fingerprint_changes_with_size_or_mtime_only(tmp_path):
+    folder = write_dataset(tmp_path / "d", synthetic_ratings(users=3))
+    first = source_fingerprint(folder)
+    assert source_fingerprint(folder) == first and len(first) == 64
+    ratings = folder / "ratings.csv"
+    stat = ratings.stat()
+    os.utime(ratings, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # touched
+    touched = source_fingerprint(folder)
+    assert touched != first
+    os.utime(ratings, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert source_fingerprint(folder) == first  # same name, size and mtime: the same fingerprint
+    # only the named files count: a new movies.csv leaves the ratings' own fingerprint alone
+    only_ratings = source_fingerprint(folder, ["ratings.csv"])
+    (folder / "movies.csv").write_text("movieId,title,genres\n1,New (2024),Drama\n")
+    assert source_fingerprint(folder, ["ratings.csv"]) == only_ratings
+    assert source_fingerprint(folder) != first
+    # a ratings.parquet beside the CSV is the file read from now on, so it changes the fingerprint
+    with_csv = source_fingerprint(folder)
+    synthetic_ratings(users=3).to_parquet(folder / "ratings.parquet", index=False)
+    assert source_fingerprint(folder) != with_csv
+    # a missing links.csv is part of the fingerprint too (creating it changes it); a missing folder is the usual error
+    (folder / "links.csv").unlink()
+    assert source_fingerprint(folder, ["links.csv"]) != source_fingerprint(tmp_path / "d", ["movies.csv"])
+    with pytest.raises(DatasetError, match="does not exist"):
+        source_fingerprint(tmp_path / "nowhere")
 
 
 def test_parquet_wins_over_csv_when_both_exist(tmp_path):
