@@ -27,7 +27,7 @@ class EmbeddingConfig(Config):
     )
 
 
-@asset(group_name=GROUP, kinds={"python", "parquet"})
+@asset(group_name=GROUP, kinds={"python", "parquet"}, pool="embeddings_api")  # rcmd_pipeline.operations.EMBEDDINGS_POOL
 def movie_overview_embeddings(
     context: AssetExecutionContext,
     config: EmbeddingConfig,

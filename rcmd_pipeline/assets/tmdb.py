@@ -36,7 +36,7 @@ def _failures_table(failed: list[tuple[int, str]], limit: int = 20) -> str:
     return "\n".join(lines)
 
 
-@asset(group_name=GROUP, kinds={"python", "parquet"})
+@asset(group_name=GROUP, kinds={"python", "parquet"}, pool="tmdb_api")  # rcmd_pipeline.operations.TMDB_POOL
 def tmdb_movie_info_kr(
     context: AssetExecutionContext,
     config: TmdbFetchConfig,
