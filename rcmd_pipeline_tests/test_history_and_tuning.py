@@ -1,0 +1,226 @@
+"""Queries with history, the validation protocol, and the leakage test of every sequence strategy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rcmd_pipeline.evaluation.transitions import TransitionSettings, build_eval_transitions
+from rcmd_pipeline.evaluation.tuning import expand_grid, tune, tune_blend, validation_split
+from rcmd_pipeline.recommenders.history import build_queries, history_bin_labels, history_lengths
+from rcmd_pipeline.recommenders.learned import (
+    NextMovieRecommender,
+    PopularityRecommender,
+    leakage_cutoff,
+    training_window,
+)
+from rcmd_pipeline.recommenders.sequence import (
+    SLIST,
+    ItemKNN,
+    PrevOnly,
+    SequenceHybrid,
+    SequentialRules,
+)
+
+
+def _pairs(rows):
+    return pd.DataFrame(rows, columns=["userId", "prev_movieId", "movieId", "timestamp"])
+
+
+def test_history_is_everything_strictly_before_the_next_movie_in_time_then_id_order():
+    # user 7: 5@10, 3@20, 9@20, 4@20, 8@30 ; user 8: 1@5
+    users = np.array([7, 7, 7, 7, 7, 8])
+    movies = np.array([5, 3, 9, 4, 8, 1])
+    times = np.array([10, 20, 20, 20, 30, 5])
+    pairs = _pairs([(7, 4, 9, 20), (7, 3, 4, 20), (7, 9, 8, 30), (8, 0, 1, 5)])
+    q = build_queries(pairs, users, movies, times)
+    assert q.history(0).tolist() == [5, 3, 4]  # same second: 3 and 4 come before 9, 8 after
+    assert q.history(1).tolist() == [5, 3]
+    assert q.history(2).tolist() == [5, 3, 4, 9]
+    assert q.history(3).tolist() == []
+    assert history_lengths(q).tolist() == [3, 2, 4, 0]
+    assert q.prev.tolist() == [4, 3, 9, 0] and q.times.tolist() == [20, 20, 30, 5]
+    cut = build_queries(pairs, users, movies, times, max_len=2)
+    assert cut.history(2).tolist() == [4, 9]
+    assert history_lengths(cut).tolist() == [3, 2, 4, 0]  # uncut counts for the split
+    assert history_bin_labels(cut).tolist() == ["2-5", "2-5", "2-5", "0"]
+
+
+def test_prev_is_the_last_history_item_without_a_filter_and_in_the_history_with_one():
+    rng = np.random.default_rng(0)
+    users, movies, times = _ratings(rng)
+    plain = build_eval_transitions(users, movies, times, TransitionSettings(1, 200))
+    q = build_queries(plain, users, movies, times)
+    assert all(q.history(i)[-1] == q.prev[i] for i in range(len(q)))
+    filtered = build_eval_transitions(users, movies, times, TransitionSettings(30, 200))
+    q = build_queries(filtered, users, movies, times)
+    assert all(q.prev[i] in q.history(i) for i in range(len(q)))
+    assert any(q.history(i)[-1] != q.prev[i] for i in range(len(q)))  # rare movies in between
+
+
+def _ratings(rng, n_users=80, n_movies=60, per_user=25):
+    """Users with a taste: each walks the catalogue in steps of 1-3 (so sequences carry signal)."""
+    users, movies, times = [], [], []
+    for u in range(1, n_users + 1):
+        start = int(rng.integers(0, 10_000))
+        movie = int(rng.integers(1, n_movies + 1))
+        seen = set()
+        for j in range(per_user):
+            movie = (movie + int(rng.integers(1, 4)) - 1) % n_movies + 1
+            if movie in seen:
+                continue
+            seen.add(movie)
+            users.append(u)
+            movies.append(movie)
+            times.append(start + j * int(rng.integers(1, 200)) + int(rng.integers(0, 2)))
+    return np.array(users), np.array(movies), np.array(times)
+
+
+def _strategies(train):
+    sr = SequentialRules.fit(*train, max_gap=3)
+    knn = ItemKNN.fit(*train, window=3, shrink=1.0)
+    slist = SLIST.fit(*train, window=3, alpha=0.5, reg=5.0)
+    slis = SLIST.fit(*train, window=3, alpha=1.0, reg=5.0)
+    pop = PopularityRecommender(train[1])
+    out = {}
+    for seen in (False, True):
+        out[f"seq_rules{seen}"] = SequentialRules.from_state(sr, last_n=3, exclude_seen=seen)
+        out[f"item_knn{seen}"] = ItemKNN.from_state(knn, last_n=3, decay="linear", exclude_seen=seen)
+        out[f"slist{seen}"] = SLIST.from_state(slist, last_n=3, exclude_seen=seen)
+        out[f"slis{seen}"] = SLIST.from_state(slis, last_n=2, decay="flat", exclude_seen=seen)
+    parts = {"next_movie": PrevOnly(NextMovieRecommender(*train, fallback=pop)),
+             "seq_rules": out["seq_rulesTrue"], "slist": out["slistFalse"]}
+    out["seq_hybrid"] = SequenceHybrid(parts, {"next_movie": 0.5, "seq_rules": 1.0, "slist": 2.0}, depth=12)
+    return out
+
+
+def _all_recs(users, movies, times, pairs, cutoff, k=10):
+    train = training_window(users, movies, times, cutoff)
+    q = build_queries(pairs, users, movies, times)
+    return {name: s.recommend_queries(q, k) for name, s in _strategies(train).items()}
+
+
+def test_no_strategy_sees_a_pairs_next_movie_or_anything_after_it():
+    rng = np.random.default_rng(1)
+    users, movies, times = _ratings(rng)
+    pairs = build_eval_transitions(users, movies, times, TransitionSettings(5, 150))
+    cutoff = leakage_cutoff(pairs)
+    before = _all_recs(users, movies, times, pairs, cutoff)
+    checked = 0
+    for i in rng.choice(len(pairs), size=12, replace=False):
+        u, m, t = (int(pairs[c].iloc[i]) for c in ("userId", "movieId", "timestamp"))
+        # everything at or after the next movie's moment, except the user's earlier same-second ratings
+        after = (times > t) | ((times == t) & ((users != u) | (movies >= m)))
+        assert after[(users == u) & (movies == m) & (times == t)].all()
+        p_movies, p_times = movies.copy(), times.copy()
+        p_movies[after] = rng.integers(1, 200, size=int(after.sum()))  # new movies too
+        p_times[after] = t + 1 + rng.integers(0, 5_000, size=int(after.sum()))
+        extra = 40  # and more ratings, of this user too, after the moment
+        p_users = np.concatenate([users, np.full(extra, u), rng.integers(1, 80, size=extra)])
+        p_movies = np.concatenate([p_movies, rng.integers(1, 200, size=2 * extra)])
+        p_times = np.concatenate([p_times, t + 1 + rng.integers(0, 5_000, size=2 * extra)])
+        after_recs = _all_recs(p_users, p_movies, p_times, pairs, cutoff)
+        for name, recs in before.items():
+            assert np.array_equal(recs[i], after_recs[name][i]), (name, i)
+        checked += 1
+    assert checked == 12
+
+    # The check has teeth: a model trained on every rating (the leak) changes recommendations.
+    leaky_before = _strategies((users, movies, times))["seq_rulesFalse"]
+    q = build_queries(pairs, users, movies, times)
+    shuffled = movies.copy()
+    late = times >= cutoff
+    shuffled[late] = rng.permutation(shuffled[late])
+    leaky_after = _strategies((users, shuffled, times))["seq_rulesFalse"]
+    assert not np.array_equal(leaky_before.recommend_queries(q, 10), leaky_after.recommend_queries(q, 10))
+
+
+def _tuned(users, movies, times):
+    split = validation_split(users, movies, times, min_movie_ratings=5, eval_size=100)
+    train = training_window(users, movies, times, split.tuning_cutoff)
+    before = times < split.final_cutoff
+    vq = build_queries(split.validation, users[before], movies[before], times[before])
+    actual = split.validation["movieId"].to_numpy()
+    fits = {}
+
+    def factory(max_gap, last_n, exclude_seen):
+        if max_gap not in fits:
+            fits[max_gap] = SequentialRules.fit(*train, max_gap=max_gap)
+        return SequentialRules.from_state(fits[max_gap], last_n=last_n, exclude_seen=exclude_seen)
+
+    grid = {"max_gap": [1, 2, 5], "last_n": [1, 3], "exclude_seen": [False, True]}
+    return split, tune(factory, grid, vq, actual, k=5)
+
+
+def test_validation_split_windows_and_cutoffs():
+    rng = np.random.default_rng(2)
+    users, movies, times = _ratings(rng, n_users=120)
+    split = validation_split(users, movies, times, min_movie_ratings=5, eval_size=100)
+    assert len(split.evaluation) == len(split.validation) == 100
+    assert split.final_cutoff == split.evaluation["timestamp"].min()
+    assert split.tuning_cutoff == split.validation["timestamp"].min()
+    assert split.validation["timestamp"].max() < split.final_cutoff
+    before = times < split.final_cutoff
+    expected = build_eval_transitions(users[before], movies[before], times[before], TransitionSettings(5, 100))
+    pd.testing.assert_frame_equal(split.validation, expected)
+
+
+def test_changing_the_evaluation_window_cannot_change_the_chosen_parameters():
+    rng = np.random.default_rng(4)
+    users, movies, times = _ratings(rng, n_users=150)
+    split, result = _tuned(users, movies, times)
+    assert len(result.table) == 12 and result.hit_ratio == result.table["hit_ratio"].max()
+    # Change the evaluation window's pairs: shuffle which movie each of its ratings is (movie counts
+    # and rating times stay, so the window keeps its boundary).
+    late = np.flatnonzero(times >= split.final_cutoff)
+    movies2, users2 = movies.copy(), users.copy()
+    movies2[late] = movies[rng.permutation(late)]
+    split2, result2 = _tuned(users2, movies2, times)
+    assert not split2.evaluation.equals(split.evaluation)  # the evaluation pairs did change
+    assert split2.final_cutoff == split.final_cutoff
+    pd.testing.assert_frame_equal(split2.validation, split.validation)
+    assert result2.params == result.params
+    pd.testing.assert_frame_equal(result2.table, result.table)
+    # ...and the choice is not a constant of this grid: other validation answers change it
+    vq_actual = split.validation["movieId"].to_numpy()
+    assert len(set(result.table["hit_ratio"])) > 1 and len(vq_actual) == 100
+
+
+def test_tune_breaks_ties_by_grid_order_and_expand_grid():
+    assert expand_grid({"a": [1, 2], "b": ["x"]}) == [{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]
+    q = build_queries(_pairs([(1, 2, 3, 9)]), [1], [2], [1])
+
+    class Fixed:
+        def __init__(self, pick):
+            self.pick = pick
+
+        def recommend_queries(self, queries, k):
+            return np.full((len(queries), k), self.pick, dtype=np.int64)
+
+    result = tune(lambda pick: Fixed(pick), {"pick": [5, 3, 4, 3]}, q, [3], k=2)
+    assert result.params == {"pick": 3} and result.hit_ratio == 1.0
+    assert result.table["hit_ratio"].tolist() == [0.0, 1.0, 0.0, 1.0]
+
+
+def test_tune_blend_is_at_least_its_best_part_on_validation():
+    rng = np.random.default_rng(5)
+    users, movies, times = _ratings(rng, n_users=150)
+    split = validation_split(users, movies, times, min_movie_ratings=5, eval_size=100)
+    train = training_window(users, movies, times, split.tuning_cutoff)
+    before = times < split.final_cutoff
+    vq = build_queries(split.validation, users[before], movies[before], times[before])
+    actual = split.validation["movieId"].to_numpy()
+    parts = _strategies(train)
+    names = ["seq_rulesTrue", "item_knnTrue", "slistTrue"]
+    lists = {n: parts[n].recommend_queries(vq, 20) for n in names}
+    result = tune_blend(lists, vq, actual, k=5)
+    singles = [float((parts[n].recommend_queries(vq, 5) == actual[:, None]).any(axis=1).mean()) for n in names]
+    assert result.hit_ratio >= max(singles)
+    assert set(result.params) == set(names) and any(w > 0 for w in result.params.values())
+
+
+def test_expand_grid_rejects_nothing_and_tune_rejects_an_empty_grid():
+    q = build_queries(_pairs([(1, 2, 3, 9)]), [1], [2], [1])
+    with pytest.raises(ValueError):
+        tune(lambda: None, [], q, [3])
