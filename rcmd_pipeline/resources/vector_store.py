@@ -71,6 +71,7 @@ Sessions are not thread-safe: give each thread its own ``store.open()``.
 """
 
 import fcntl
+import hashlib
 import json
 import logging
 import math
@@ -119,6 +120,17 @@ _META_MODEL = "rcmd_model"
 _META_DIMENSION = "rcmd_dimension"
 _META_GENERATION = "rcmd_generation"
 _META_CREATED = "rcmd_created_at"
+_META_DIGEST = "rcmd_digest"
+
+REBUILD_SHARE = 0.2
+"""``sync`` rebuilds instead of patching when more than this share of the points changed (new,
+changed or removed, relative to the larger of the old and new point counts). Below it, patching a
+copy of the served generation writes only the changed points and is several times cheaper than a
+rebuild (``docs/benchmarks.md``, issue 13); above it the patched copy costs nearly as much as a
+rebuild and leaves many replaced points in the old HNSW graph (deleted points stay in the graph until
+the optimiser rewrites the segment), so a fresh index is the better buy. 20 % is also far above a
+night's normal churn (a handful of changed overviews) and below a catalogue-wide change (a new
+TMDB language, a new embedding text recipe), which should give a fresh index."""
 
 _COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
 _GENERATION_SUFFIX = re.compile(r"__g(\d{6,})$")
@@ -128,6 +140,7 @@ _MANIFEST = "manifest.json"
 _READERS_LOCK = "readers.lock"
 _WRITE_LOCK = "write.lock"
 _SHARD = "shard"
+_POINTS = "points.npz"
 
 
 class VectorStoreError(RuntimeError):
@@ -252,6 +265,51 @@ def _payloads(payloads: Sequence[Mapping[str, Any]] | None, rows: int) -> list[d
     return out
 
 
+def point_hashes(vectors: np.ndarray, payloads: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """A 64-bit content hash per point (its float32 vector bytes and its payload as canonical JSON), uint64.
+
+    Together with the ids this is what :func:`points_digest` summarises: the diff between two
+    generations is computed from these hashes, without reading any vector back from the engine.
+    """
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    out = np.empty(len(vectors), dtype=np.uint64)
+    for i, payload in enumerate(payloads):
+        h = hashlib.blake2b(vectors[i].data, digest_size=8)
+        if payload:
+            h.update(json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode())
+        out[i] = int.from_bytes(h.digest(), "little")
+    return out
+
+
+def points_digest(ids: np.ndarray, hashes: np.ndarray, model: str, dimension: int) -> str:
+    """The content digest of a generation: model, dimension and every (id, point hash), in id order."""
+    order = np.argsort(ids, kind="stable")
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{model}\x00{int(dimension)}\x00".encode())
+    h.update(np.ascontiguousarray(ids[order], dtype="<i8").data)
+    h.update(np.ascontiguousarray(hashes[order], dtype="<u8").data)
+    return h.hexdigest()
+
+
+class _Points:
+    """The points of a write with their content hashes and the digest of the whole set."""
+
+    def __init__(self, ids: np.ndarray, vectors: np.ndarray, payloads: list[dict[str, Any]], model: str) -> None:
+        self.ids, self.vectors, self.payloads, self.model = ids, vectors, payloads, model
+        self.hashes = point_hashes(vectors, payloads)
+        self.digest = points_digest(ids, self.hashes, model, int(vectors.shape[1]))
+
+
+def _diff(old_ids: np.ndarray, old_hashes: np.ndarray, ids: np.ndarray, hashes: np.ndarray
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """(rows of ``ids`` that are new or changed, old ids no longer present)."""
+    old = dict(zip(old_ids.tolist(), old_hashes.tolist(), strict=True))
+    write = np.fromiter((i for i, (pid, h) in enumerate(zip(ids.tolist(), hashes.tolist(), strict=True))
+                         if old.get(pid) != h), dtype=np.int64)
+    removed = np.setdiff1d(old_ids, ids, assume_unique=True)
+    return write, removed.astype(np.int64)
+
+
 def _exclusions(exclude: Sequence[Any] | None, rows: int) -> list[list[int]]:
     if exclude is None:
         return [[] for _ in range(rows)]
@@ -307,7 +365,40 @@ class VectorSession(ABC):
         vectors = _point_vectors(vectors, len(ids))
         if len(ids) == 0:
             raise ValueError("rebuild needs at least one point (an empty collection serves nothing)")
-        return self._rebuild(collection, ids, vectors, _payloads(payloads, len(ids)), model)
+        return self._rebuild(collection, _Points(ids, vectors, _payloads(payloads, len(ids)), model))
+
+    def sync(self, collection: str, ids: np.ndarray, vectors: np.ndarray,
+             payloads: Sequence[Mapping[str, Any]] | None, model: str,
+             max_changed_share: float = REBUILD_SHARE) -> dict[str, Any]:
+        """Make ``collection`` serve exactly these points, doing as little as possible.
+
+        ``action`` in the answer says what happened (``reason`` says why):
+
+        - ``kept``: the served generation already holds exactly these points (same content digest of
+          ids, vectors and payloads, same model and dimension): nothing is written.
+        - ``updated``: a few points differ: a new generation is made from the served one with only
+          the new/changed points upserted and the removed ones deleted, then switched in atomically
+          (embedded store: a copy of the served shard; never modified in place, so a reader sees the
+          old or the new generation, never a mix). ``upserted`` and ``deleted`` count the writes.
+        - ``rebuilt``: no collection yet, another model or dimension, a served generation without
+          point digests (made before them), more than ``max_changed_share`` of the points changed
+          (:data:`REBUILD_SHARE`), or a Qdrant server (see :meth:`_sync` there): a full
+          :meth:`rebuild`.
+        """
+        self._check_open()
+        collection, model = _check_collection(collection), _check_model(model)
+        if not 0 <= max_changed_share <= 1:
+            raise ValueError(f"max_changed_share must be within [0, 1], got {max_changed_share!r}")
+        ids = _point_ids(ids)
+        vectors = _point_vectors(vectors, len(ids))
+        if len(ids) == 0:
+            raise ValueError("sync needs at least one point (an empty collection serves nothing)")
+        started = time.perf_counter()
+        points = _Points(ids, vectors, _payloads(payloads, len(ids)), model)
+        hashed = time.perf_counter() - started
+        stats = self._sync(collection, points, float(max_changed_share))
+        return {"upserted": 0, "deleted": 0, **stats, "digest": points.digest, "hash_seconds": hashed,
+                "seconds": time.perf_counter() - started}
 
     def upsert(self, collection: str, ids: np.ndarray, vectors: np.ndarray,
                payloads: Sequence[Mapping[str, Any]] | None, model: str) -> dict[str, Any]:
@@ -326,12 +417,13 @@ class VectorSession(ABC):
             return {**(info or {"collection": collection, "points": 0, "dimension": None, "model": None,
                                 "generation": None}), "upserted": 0, "seconds": 0.0, "created": False}
         vectors = _point_vectors(vectors, len(ids))
-        return self._upsert(collection, ids, vectors, _payloads(payloads, len(ids)), model)
+        return self._upsert(collection, _Points(ids, vectors, _payloads(payloads, len(ids)), model))
 
     # -- reads
 
     def info(self, collection: str) -> dict[str, Any] | None:
-        """``points``, ``dimension``, ``model``, ``generation`` of the served generation; None if absent."""
+        """``points``, ``dimension``, ``model``, ``generation`` and ``digest`` (the content digest of
+        its points, None when unknown) of the served generation; None if the collection is absent."""
         self._check_open()
         return self._info(_check_collection(collection))
 
@@ -432,12 +524,13 @@ class VectorSession(ABC):
         """A description of the store, safe to log (no secret)."""
 
     @abstractmethod
-    def _rebuild(self, collection: str, ids: np.ndarray, vectors: np.ndarray,
-                 payloads: list[dict[str, Any]], model: str) -> dict[str, Any]: ...
+    def _rebuild(self, collection: str, points: _Points) -> dict[str, Any]: ...
 
     @abstractmethod
-    def _upsert(self, collection: str, ids: np.ndarray, vectors: np.ndarray,
-                payloads: list[dict[str, Any]], model: str) -> dict[str, Any]: ...
+    def _upsert(self, collection: str, points: _Points) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def _sync(self, collection: str, points: _Points, max_changed_share: float) -> dict[str, Any]: ...
 
     @abstractmethod
     def _info(self, collection: str) -> dict[str, Any] | None: ...
@@ -615,8 +708,10 @@ class _SerializedClient:
 class _Target:
     """The physical collection behind a served name, with what was recorded about it."""
 
-    def __init__(self, name: str, generation: int | None, dimension: int, model: str | None) -> None:
+    def __init__(self, name: str, generation: int | None, dimension: int, model: str | None,
+                 digest: str | None = None) -> None:
         self.name, self.generation, self.dimension, self.model = name, generation, dimension, model
+        self.digest = digest or None
 
 
 class _ServerSession(VectorSession):
@@ -692,7 +787,7 @@ class _ServerSession(VectorSession):
                                    "one unnamed vector per point")
         match = _GENERATION_SUFFIX.search(name)
         generation = int(match.group(1)) if match else meta.get(_META_GENERATION)
-        return _Target(name, generation, int(vectors.size), meta.get(_META_MODEL))
+        return _Target(name, generation, int(vectors.size), meta.get(_META_MODEL), meta.get(_META_DIGEST))
 
     def _read(self, collection: str, action: Callable[[_Target], Any], required: bool = True) -> Any:
         """``action`` on the served generation; retried when a switch dropped it meanwhile. An absent
@@ -740,8 +835,9 @@ class _ServerSession(VectorSession):
                                        "the served generation was left unchanged")
             time.sleep(0.5)
 
-    def _rebuild(self, collection, ids, vectors, payloads, model):
+    def _rebuild(self, collection, points):
         m = self._m
+        ids, vectors, payloads, model = points.ids, points.vectors, points.payloads, points.model
         started = time.perf_counter()
         if self._alias_target(collection) is None and self._client.collection_exists(collection):
             raise VectorStoreError(
@@ -757,7 +853,7 @@ class _ServerSession(VectorSession):
             collection_name=name,
             vectors_config=m.VectorParams(size=dimension, distance=m.Distance.COSINE),
             metadata={_META_MODEL: model, _META_DIMENSION: dimension, _META_GENERATION: number,
-                      _META_CREATED: _now()},
+                      _META_CREATED: _now(), _META_DIGEST: points.digest},
         )
         try:
             self._upload(name, ids, vectors, payloads)
@@ -785,13 +881,45 @@ class _ServerSession(VectorSession):
                     log.warning(f"could not drop old generation {old_name}: {type(exc).__name__}: {exc}")
         return {"collection": collection, "points": int(count), "dimension": dimension, "model": model,
                 "generation": number, "location": name, "seconds": time.perf_counter() - started,
-                "upload_seconds": uploaded - started, "index_seconds": indexed - uploaded}
+                "upload_seconds": uploaded - started, "index_seconds": indexed - uploaded, "digest": points.digest}
 
-    def _upsert(self, collection, ids, vectors, payloads, model):
+    def _sync(self, collection, points, max_changed_share):
+        """Kept when the served generation's recorded digest is this one; otherwise a rebuild.
+
+        Why not patch on a server: upserting into the served physical collection would show readers
+        a mix of old and new points while it happens (and a half-applied diff if the run dies), and
+        Qdrant has no server-side clone of a collection to patch a copy instead; copying through the
+        client (scroll + upsert) moves as many bytes as uploading the new points outright. So a
+        changed collection is uploaded whole into a new generation (``upload_collection`` in
+        batches, then the atomic alias switch), and an unchanged one is kept, which is what makes an
+        unchanged night cheap.
+        """
+        target = self._target(collection)
+        dimension = int(points.vectors.shape[1])
+        if target is None:
+            reason = "no served collection yet"
+        elif target.model != points.model:
+            reason = f"model changed ({target.model!r} -> {points.model!r})"
+        elif target.dimension != dimension:
+            reason = f"dimension changed ({target.dimension} -> {dimension})"
+        elif target.digest == points.digest:
+            count = self._client.count(target.name, exact=True).count
+            return {"action": "kept", "reason": "served generation holds exactly these points",
+                    "collection": collection, "points": int(count), "dimension": dimension,
+                    "model": target.model, "generation": target.generation, "location": target.name}
+        elif target.digest is None:
+            reason = "served generation records no content digest"
+        else:
+            reason = "points changed (a Qdrant server is never patched in place: a new generation is uploaded)"
+        stats = self._rebuild(collection, points)
+        return {**stats, "action": "rebuilt", "reason": reason, "upserted": len(points.ids)}
+
+    def _upsert(self, collection, points):
+        ids, vectors, payloads, model = points.ids, points.vectors, points.payloads, points.model
         started = time.perf_counter()
         target = self._target(collection)
         if target is None:
-            stats = self._rebuild(collection, ids, vectors, payloads, model)
+            stats = self._rebuild(collection, points)
             return {**stats, "upserted": len(ids), "created": True}
         if target.model is None:
             raise VectorStoreMismatchError(
@@ -800,6 +928,8 @@ class _ServerSession(VectorSession):
             )
         info = {"dimension": target.dimension, "model": target.model}
         self._check_same_space(collection, info, int(vectors.shape[1]), model)
+        if target.digest is not None:  # first: the recorded digest no longer describes what is served
+            self._client.update_collection(target.name, metadata={_META_DIGEST: ""})
         self._upload(target.name, ids, vectors, payloads)
         count = self._client.count(target.name, exact=True).count
         return {"collection": collection, "points": int(count), "upserted": len(ids), "dimension": target.dimension,
@@ -812,7 +942,8 @@ class _ServerSession(VectorSession):
         def action(target: _Target) -> dict[str, Any]:
             points = self._client.count(target.name, exact=True).count
             return {"collection": collection, "points": int(points), "dimension": target.dimension,
-                    "model": target.model, "generation": target.generation, "location": target.name}
+                    "model": target.model, "generation": target.generation, "location": target.name,
+                    "digest": target.digest}
 
         return self._read(collection, action, required=False)
 
@@ -1136,11 +1267,27 @@ class _EmbeddedSession(VectorSession):
             raise
         return manifest
 
-    def _rebuild(self, collection, ids, vectors, payloads, model):
+    def _rebuild(self, collection, points):
         with self._write_lock(collection):
-            return self._rebuild_locked(collection, ids, vectors, payloads, model)
+            return self._rebuild_locked(collection, points)
 
-    def _rebuild_locked(self, collection, ids, vectors, payloads, model):
+    @staticmethod
+    def _write_point_hashes(folder: Path, ids: np.ndarray, hashes: np.ndarray) -> None:
+        """``points.npz``: ids (sorted) and their content hashes, what the next ``sync`` diffs against."""
+        order = np.argsort(ids, kind="stable")
+        with open(folder / _POINTS, "wb") as out:  # a file object: np.savez would append ".npz" to a name
+            np.savez(out, ids=ids[order].astype(np.int64), hashes=hashes[order].astype(np.uint64))
+
+    @staticmethod
+    def _read_point_hashes(folder: Path) -> tuple[np.ndarray, np.ndarray] | None:
+        try:
+            with np.load(folder / _POINTS, allow_pickle=False) as stored:
+                return stored["ids"], stored["hashes"]
+        except (FileNotFoundError, KeyError, ValueError, OSError):
+            return None
+
+    def _rebuild_locked(self, collection, points):
+        ids, vectors, payloads, model = points.ids, points.vectors, points.payloads, points.model
         self._touched.add(collection)
         started = time.perf_counter()
         dimension = int(vectors.shape[1])
@@ -1155,68 +1302,143 @@ class _EmbeddedSession(VectorSession):
                 shard.optimize()  # builds the HNSW index (and the quantised vectors); blocks until done
                 shard.flush()
                 t2 = time.perf_counter()
-                points = self._count(shard)
-                if points != len(ids):
-                    raise VectorStoreError(f"the new generation holds {points} points after writing {len(ids)}")
+                count = self._count(shard)
+                if count != len(ids):
+                    raise VectorStoreError(f"the new generation holds {count} points after writing {len(ids)}")
+                self._write_point_hashes(folder, ids, points.hashes)
             except BaseException:
                 with suppress(Exception):
                     shard.close()
                 raise
             timings.update(upload_seconds=t1 - t0, index_seconds=t2 - t1)
             info = shard.info()
-            return shard, {"model": model, "dimension": dimension, "distance": "cosine", "points": points,
+            return shard, {"model": model, "dimension": dimension, "distance": "cosine", "points": count,
                            "indexed_vectors": int(info.indexed_vectors_count), "segments": int(info.segments_count),
                            "created_at": _now(), "source": "rebuild", "engine": f"qdrant-edge-py {_edge_version()}",
-                           **{k: round(v, 3) for k, v in timings.items()}}
+                           "digest": points.digest, **{k: round(v, 3) for k, v in timings.items()}}
 
         manifest = self._build(collection, fill)
         return {"collection": collection, "points": manifest["points"], "dimension": dimension, "model": model,
                 "generation": manifest["generation"],
                 "location": str(self._folder(collection) / f"g{manifest['generation']:06d}"),
-                "seconds": time.perf_counter() - started, "indexed_vectors": manifest["indexed_vectors"], **timings}
+                "seconds": time.perf_counter() - started, "indexed_vectors": manifest["indexed_vectors"],
+                "digest": points.digest, **timings}
 
-    def _upsert(self, collection, ids, vectors, payloads, model):
+    def _patched(self, collection: str, served: _Generation, points: _Points, write: np.ndarray,
+                 delete: np.ndarray, hashes: tuple[np.ndarray, np.ndarray] | None, digest: str | None,
+                 source: str) -> dict[str, Any]:
+        """A new generation: a copy of ``served`` with rows ``write`` of ``points`` upserted and the ids
+        ``delete`` deleted, carrying the point hashes/digest given (None: unknown), switched in like a
+        rebuild (caller holds the write lock). The served generation is never modified."""
+        parent = served.manifest
+        started = time.perf_counter()
+        expected: list[int] = []
+
+        def fill(folder: Path) -> tuple[Any, dict[str, Any]]:
+            self._copy_shard(served.folder / _SHARD, folder / _SHARD)
+            t0 = time.perf_counter()
+            shard = self._load_shard(folder / _SHARD)
+            try:
+                before = self._count(shard)
+                if before != parent.get("points", before):
+                    raise VectorStoreError(f"the copy of generation {served.name} holds {before} points, "
+                                           f"its manifest says {parent.get('points')}")
+                if len(delete):
+                    for begin in range(0, len(delete), EDGE_UPSERT_BATCH):
+                        chunk = [int(i) for i in delete[begin:begin + EDGE_UPSERT_BATCH]]
+                        shard.update(self._q.UpdateOperation.delete_points(chunk))
+                if len(write):
+                    self._write_points(shard, points.ids[write], points.vectors[write],
+                                       [points.payloads[i] for i in write.tolist()])
+                t1 = time.perf_counter()
+                shard.optimize()
+                shard.flush()
+                t2 = time.perf_counter()
+                count = self._count(shard)
+                if expected and count != expected[0]:
+                    raise VectorStoreError(f"the new generation holds {count} points, expected {expected[0]}")
+                if hashes is not None:
+                    self._write_point_hashes(folder, *hashes)
+            except BaseException:
+                with suppress(Exception):
+                    shard.close()
+                raise
+            info = shard.info()
+            manifest = {"model": points.model, "dimension": parent["dimension"], "distance": "cosine",
+                        "points": count, "indexed_vectors": int(info.indexed_vectors_count),
+                        "segments": int(info.segments_count), "created_at": _now(), "source": source,
+                        "parent_generation": parent["generation"], "engine": f"qdrant-edge-py {_edge_version()}",
+                        "upserted": len(write), "deleted": len(delete),
+                        "copy_seconds": round(t0 - started, 3), "upsert_seconds": round(t1 - t0, 3),
+                        "index_seconds": round(t2 - t1, 3)}
+            if digest is not None:
+                manifest["digest"] = digest
+            return shard, manifest
+
+        if source == "sync":
+            expected.append(len(points.ids))
+        manifest = self._build(collection, fill)
+        return {"collection": collection, "points": manifest["points"], "upserted": len(write),
+                "deleted": len(delete), "dimension": manifest["dimension"], "model": points.model,
+                "generation": manifest["generation"],
+                "location": str(self._folder(collection) / f"g{manifest['generation']:06d}"),
+                "seconds": time.perf_counter() - started, "copy_seconds": manifest["copy_seconds"],
+                "upsert_seconds": manifest["upsert_seconds"], "index_seconds": manifest["index_seconds"]}
+
+    def _upsert(self, collection, points):
         with self._write_lock(collection):
             self._touched.add(collection)
             served = self._served(collection)
             if served is None:
-                stats = self._rebuild_locked(collection, ids, vectors, payloads, model)
-                return {**stats, "upserted": len(ids), "created": True}
+                stats = self._rebuild_locked(collection, points)
+                return {**stats, "upserted": len(points.ids), "created": True}
             parent = served.manifest
-            self._check_same_space(collection, parent, int(vectors.shape[1]), model)
-            started = time.perf_counter()
+            self._check_same_space(collection, parent, int(points.vectors.shape[1]), points.model)
+            hashes, digest = None, None
+            known = self._read_point_hashes(served.folder) if parent.get("digest") else None
+            if known is not None:  # keep the point hashes exact: the parent's, updated by these points
+                merged = dict(zip(known[0].tolist(), known[1].tolist(), strict=True))
+                merged.update(zip(points.ids.tolist(), points.hashes.tolist(), strict=True))
+                all_ids = np.fromiter(merged, dtype=np.int64, count=len(merged))
+                all_hashes = np.fromiter(merged.values(), dtype=np.uint64, count=len(merged))
+                hashes = (all_ids, all_hashes)
+                digest = points_digest(all_ids, all_hashes, points.model, int(parent["dimension"]))
+            stats = self._patched(collection, served, points, np.arange(len(points.ids)),
+                                  np.zeros(0, dtype=np.int64), hashes, digest, "upsert")
+            return {**stats, "created": False}
 
-            def fill(folder: Path) -> tuple[Any, dict[str, Any]]:
-                self._copy_shard(served.folder / _SHARD, folder / _SHARD)
-                t0 = time.perf_counter()
-                shard = self._load_shard(folder / _SHARD)
-                try:
-                    before = self._count(shard)
-                    if before != parent.get("points", before):
-                        raise VectorStoreError(f"the copy of generation {served.name} holds {before} points, "
-                                               f"its manifest says {parent.get('points')}")
-                    self._write_points(shard, ids, vectors, payloads)
-                    shard.optimize()
-                    shard.flush()
-                    points = self._count(shard)
-                except BaseException:
-                    with suppress(Exception):
-                        shard.close()
-                    raise
-                info = shard.info()
-                return shard, {"model": model, "dimension": parent["dimension"], "distance": "cosine",
-                               "points": points, "indexed_vectors": int(info.indexed_vectors_count),
-                               "segments": int(info.segments_count), "created_at": _now(), "source": "upsert",
-                               "parent_generation": parent["generation"],
-                               "engine": f"qdrant-edge-py {_edge_version()}",
-                               "copy_seconds": round(t0 - started, 3),
-                               "upsert_seconds": round(time.perf_counter() - t0, 3)}
-
-            manifest = self._build(collection, fill)
-            return {"collection": collection, "points": manifest["points"], "upserted": len(ids),
-                    "dimension": manifest["dimension"], "model": model, "generation": manifest["generation"],
-                    "location": str(self._folder(collection) / f"g{manifest['generation']:06d}"),
-                    "seconds": time.perf_counter() - started, "created": False}
+    def _sync(self, collection, points, max_changed_share):
+        with self._write_lock(collection):
+            self._touched.add(collection)
+            served = self._served(collection)
+            dimension = int(points.vectors.shape[1])
+            manifest = served.manifest if served is not None else {}
+            known = None
+            if served is None:
+                reason = "no served collection yet"
+            elif manifest.get("model") != points.model:
+                reason = f"model changed ({manifest.get('model')!r} -> {points.model!r})"
+            elif manifest.get("dimension") != dimension:
+                reason = f"dimension changed ({manifest.get('dimension')} -> {dimension})"
+            elif manifest.get("digest") == points.digest:
+                return {"action": "kept", "reason": "served generation holds exactly these points",
+                        "collection": collection, "points": int(manifest["points"]), "dimension": dimension,
+                        "model": points.model, "generation": manifest["generation"], "location": str(served.folder)}
+            elif not manifest.get("digest") or (known := self._read_point_hashes(served.folder)) is None:
+                reason = "served generation records no point hashes"
+            else:
+                write, delete = _diff(known[0], known[1], points.ids, points.hashes)
+                changed = len(write) + len(delete)
+                share = changed / max(len(points.ids), len(known[0]), 1)
+                if share > max_changed_share:
+                    reason = f"{share:.1%} of the points changed (more than {max_changed_share:.0%})"
+                else:
+                    stats = self._patched(collection, served, points, write, delete,
+                                          (points.ids, points.hashes), points.digest, "sync")
+                    return {**stats, "action": "updated", "changed_share": share,
+                            "reason": f"{len(write)} new or changed, {len(delete)} removed ({share:.2%})"}
+            stats = self._rebuild_locked(collection, points)
+            return {**stats, "action": "rebuilt", "reason": reason, "upserted": len(points.ids)}
 
     @staticmethod
     def _copy_shard(source: Path, target: Path) -> None:
@@ -1246,7 +1468,7 @@ class _EmbeddedSession(VectorSession):
         manifest = served.manifest
         return {"collection": collection, "points": self._count(served.shard), "dimension": manifest["dimension"],
                 "model": manifest["model"], "generation": manifest["generation"], "location": str(served.folder),
-                "indexed_vectors": int(served.shard.info().indexed_vectors_count)}
+                "indexed_vectors": int(served.shard.info().indexed_vectors_count), "digest": manifest.get("digest")}
 
     def _retrieve(self, collection, ids):
         return self._vectors_of(self._need(collection).shard, ids)
