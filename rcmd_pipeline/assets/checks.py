@@ -11,7 +11,6 @@ from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
-    AssetIn,
     AssetKey,
     Config,
     MetadataValue,
@@ -19,57 +18,9 @@ from dagster import (
 )
 from pydantic import Field
 
+from rcmd_pipeline.assets.strategies import beats_random, strategy_checks  # noqa: F401 - beats_random re-exported
 from rcmd_pipeline.resources.local_state import LocalStateDir
 from rcmd_pipeline.resources.movie_db import MovieDatabase
-
-
-def beats_random(scored: dict, baseline: dict) -> AssetCheckResult:
-    """Passes when the strategy's HitRatio@k is above the random baseline's on the same pairs."""
-    passed = scored["hit_ratio"] > baseline["hit_ratio"] and scored["n"] == baseline["n"]
-    return AssetCheckResult(
-        passed=bool(passed),
-        severity=AssetCheckSeverity.ERROR,
-        description=None if passed else (
-            f"{scored['strategy']} scores {scored['hit_ratio']:.4f}, not above random's {baseline['hit_ratio']:.4f}"
-        ),
-        metadata={"hit_ratio": MetadataValue.float(float(scored["hit_ratio"])),
-                  "random_hit_ratio": MetadataValue.float(float(baseline["hit_ratio"])),
-                  "n": int(scored["n"])},
-    )
-
-
-RANDOM = {"hit_ratio_random": AssetIn()}
-
-
-@asset_check(asset="hit_ratio_series", additional_ins=RANDOM, description="The series strategy beats random.")
-def series_beats_random(hit_ratio_series: dict, hit_ratio_random: dict) -> AssetCheckResult:
-    return beats_random(hit_ratio_series, hit_ratio_random)
-
-
-@asset_check(asset="hit_ratio_vector", additional_ins=RANDOM, description="The vector strategy beats random.")
-def vector_beats_random(hit_ratio_vector: dict, hit_ratio_random: dict) -> AssetCheckResult:
-    return beats_random(hit_ratio_vector, hit_ratio_random)
-
-
-@asset_check(asset="hit_ratio_series_vector", additional_ins=RANDOM,
-             description="The series + vector strategy beats random.")
-def series_vector_beats_random(hit_ratio_series_vector: dict, hit_ratio_random: dict) -> AssetCheckResult:
-    return beats_random(hit_ratio_series_vector, hit_ratio_random)
-
-
-@asset_check(asset="hit_ratio_popularity", additional_ins=RANDOM, description="Popularity beats random.")
-def popularity_beats_random(hit_ratio_popularity: dict, hit_ratio_random: dict) -> AssetCheckResult:
-    return beats_random(hit_ratio_popularity, hit_ratio_random)
-
-
-@asset_check(asset="hit_ratio_next_movie", additional_ins=RANDOM, description="Next-movie beats random.")
-def next_movie_beats_random(hit_ratio_next_movie: dict, hit_ratio_random: dict) -> AssetCheckResult:
-    return beats_random(hit_ratio_next_movie, hit_ratio_random)
-
-
-@asset_check(asset="hit_ratio_hybrid", additional_ins=RANDOM, description="The hybrid blend beats random.")
-def hybrid_beats_random(hit_ratio_hybrid: dict, hit_ratio_random: dict) -> AssetCheckResult:
-    return beats_random(hit_ratio_hybrid, hit_ratio_random)
 
 
 class EmbeddingCoverageConfig(Config):
@@ -80,7 +31,7 @@ class EmbeddingCoverageConfig(Config):
 @asset_check(asset="movie_overview_embeddings", additional_deps=["eval_transitions"],
              description="Enough of the movies in the evaluation set have an overview vector.")
 def evaluated_movies_have_vectors(
-    config: EmbeddingCoverageConfig, local_state: LocalStateDir, movie_overview_embeddings: pd.DataFrame
+    config: EmbeddingCoverageConfig, local_state: LocalStateDir, movie_overview_embeddings: dict
 ) -> AssetCheckResult:
     # The evaluation set is read only if it exists (where LocalStateIOManager keeps it), so that
     # materializing the embeddings before any evaluation warns instead of failing the run.
@@ -128,6 +79,4 @@ def evaluation_set_is_complete(context: AssetCheckExecutionContext,
     )
 
 
-all_checks = [series_beats_random, vector_beats_random, series_vector_beats_random, popularity_beats_random,
-              next_movie_beats_random, hybrid_beats_random, evaluated_movies_have_vectors, movie_series_exist,
-              evaluation_set_is_complete]
+all_checks = [*strategy_checks(), evaluated_movies_have_vectors, movie_series_exist, evaluation_set_is_complete]
