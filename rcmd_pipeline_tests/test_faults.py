@@ -31,8 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 
@@ -256,7 +254,7 @@ def test_embedder_failing_for_good_keeps_the_paid_chunks_and_the_rerun_sends_onl
     paid = broken.inputs(200)
     assert len(paid) == 3
     assert len(EmbeddingCache(data_dir / "embedding_cache").load()) == 3, "the paid chunk is on disk"
-    assert not (data_dir / "assets" / "movie_overview_embeddings.parquet").exists()
+    assert not (data_dir / "assets" / "movie_overview_embeddings.npz").exists()
 
     # the service comes back where it was (the cache key holds the endpoint: same host and port)
     with FaultyEmbeddingsServer(port=broken.port, dim=8) as healthy:
@@ -269,7 +267,7 @@ def test_embedder_failing_for_good_keeps_the_paid_chunks_and_the_rerun_sends_onl
     assert [len(r.inputs) for r in healthy.records] == [3, 3, 1]
     meta = _meta(second, "movie_overview_embeddings")
     assert (meta["embedded"], meta["reused"]) == (7, 3)
-    frame = pd.read_parquet(data_dir / "assets" / "movie_overview_embeddings.parquet")
+    frame = dict(np.load(data_dir / "assets" / "movie_overview_embeddings.npz"))
     for movie_id, vector in zip(frame["movieId"], frame["vector"], strict=True):
         np.testing.assert_allclose(np.asarray(vector), unit_vector(texts[int(movie_id)], 8), atol=1e-6)
 
@@ -289,7 +287,10 @@ def test_unreachable_qdrant_server_names_qdrant_url_and_never_the_key(tmp_path, 
     assert "QDRANT_URL" in failures["movie_vectors"]
     assert f"127.0.0.1:{port}" in failures["movie_vectors"]
     assert "qdrant-secret-42" not in _every_text(result)
-    assert (tmp_path / "state" / "assets" / "movie_overview_embeddings.parquet").exists()
+    assert (tmp_path / "state" / "assets" / "movie_overview_embeddings.npz").exists()
+
+
+REBUILD = {"ops": {"movie_vectors": {"config": {"rebuild": True}}}}
 
 
 def _served(data_dir: Path) -> dict:
@@ -320,11 +321,12 @@ def test_a_failed_rebuild_leaves_the_served_collection_as_it_was(tmp_path, datas
     assert before["info"]["points"] == len(WITH_OVERVIEW) and before["info"]["generation"] == 1
 
     # (1) bad input: a NaN in the stored embeddings is refused before the store is touched
-    stored = data_dir / "assets" / "movie_overview_embeddings.parquet"
+    stored = data_dir / "assets" / "movie_overview_embeddings.npz"
     good = stored.read_bytes()
-    frame = pd.read_parquet(stored)
-    frame.at[3, "vector"] = np.full(len(frame.at[3, "vector"]), np.nan, dtype=np.float32)
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), stored)
+    frame = dict(np.load(stored))
+    frame["vector"][3] = np.nan
+    with open(stored, "wb") as out:
+        np.savez(out, **frame)
     result = _run(dataset, data_dir, ["movie_vectors"])
     assert not result.success and "non-finite" in _failures(result)["movie_vectors"]
     _assert_served_unchanged(before, _served(data_dir))
@@ -336,8 +338,8 @@ def test_a_failed_rebuild_leaves_the_served_collection_as_it_was(tmp_path, datas
     print(f"NaN: {_headline(_failures(result)['movie_vectors'])}")
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (128 * 1024, hard))
-    try:
-        result = _run(dataset, data_dir, ["movie_vectors"])
+    try:  # unchanged points would keep the served generation: ask for a rebuild
+        result = _run(dataset, data_dir, ["movie_vectors"], REBUILD)
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert not result.success
@@ -347,7 +349,7 @@ def test_a_failed_rebuild_leaves_the_served_collection_as_it_was(tmp_path, datas
     _assert_served_unchanged(before, _served(data_dir))
 
     # space again: the retry builds the next generation with the same points
-    result = _run(dataset, data_dir, ["movie_vectors"])
+    result = _run(dataset, data_dir, ["movie_vectors"], REBUILD)
     assert result.success, _failures(result)
     after = _served(data_dir)
     assert after["info"]["generation"] == 2 and after["info"]["points"] == before["info"]["points"]
@@ -435,7 +437,7 @@ def _kill_when(proc, reached, timeout: float = 120) -> None:
             proc.wait()
 
 
-def _start_cli(dataset: Path, state: Path, home: Path, log: Path) -> subprocess.Popen:
+def _start_cli(dataset: Path, state: Path, home: Path, log: Path, config: dict | None = None) -> subprocess.Popen:
     """``dagster asset materialize --select '*'`` in its own process group, output to ``log``."""
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
@@ -444,7 +446,7 @@ def _start_cli(dataset: Path, state: Path, home: Path, log: Path) -> subprocess.
     env.update(RCMD_DATASET_PATH=str(dataset), RCMD_DATA_DIR=str(state), DAGSTER_HOME=str(home))
     dagster = Path(sys.executable).with_name("dagster")
     command = [str(dagster), "asset", "materialize", "-m", "rcmd_pipeline.definitions", "--select", "*",
-               "--config-json", json.dumps(CLI_CONFIG)]
+               "--config-json", json.dumps({**CLI_CONFIG, "ops": {**CLI_CONFIG.get("ops", {}), **(config or {})}})]
     with open(log, "ab") as out:
         return subprocess.Popen(command, env=env, cwd=home, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -485,7 +487,7 @@ def _left_behind(state: Path) -> str:
 def _final_outputs(state: Path) -> dict:
     assets = state / "assets"
     movies, series = _tables(state)
-    embeddings = pd.read_parquet(assets / "movie_overview_embeddings.parquet")
+    embeddings = dict(np.load(assets / "movie_overview_embeddings.npz"))
     hit_ratios = {}
     for path in sorted(assets.glob("hit_ratio_*.pickle")):
         value = pd.read_pickle(path)
@@ -565,7 +567,8 @@ def test_a_nightly_run_killed_while_rebuilding_keeps_serving_the_previous_night(
     _finish(_start_cli(cli_dataset, state, home, log), log)  # last night: a good run
     last_night = _final_outputs(state)
     assert last_night["served"]["info"]["generation"] == 1
-    proc = _start_cli(cli_dataset, state, home, log)  # tonight: killed while the next generation is built
+    # tonight: killed while the next generation is built (asked for: unchanged points keep the generation)
+    proc = _start_cli(cli_dataset, state, home, log, REBUILD["ops"])
     _kill_when(proc, lambda: (state / "vectors" / COLLECTION / "g000002").exists())
     assert proc.returncode == -signal.SIGKILL, "the run ended before the rebuild started"
     print(f"nightly run killed during step {_last_step_started(log)}: {_left_behind(state)}")
