@@ -1,6 +1,6 @@
 """Generate a seeded, MovieLens-32M-shaped ``ratings.parquet`` for benchmarks.
 
-    python benchmarks/make_ml32m_like.py --out benchmarks/work/ml32m [--force] [--seed N]
+    python benchmarks/make_ml32m_like.py --out benchmarks/work/ml32m [--force] [--seed N] [--scale S]
 
 The file has exactly the headline counts of MovieLens 32M: 32,000,204 ratings by 200,948 users
 (ids 1..200948, each with at least 20 ratings) of 84,432 distinct movies whose ids are spread over
@@ -31,6 +31,10 @@ Shape, chosen to match what matters to the evaluation-set benchmark:
 
 Not modelled (irrelevant to the benchmark): rating values do not depend on user or movie, and a
 movie can be rated before its (unknown) release date.
+
+``--scale S`` (0 < S < 1, default 1) makes a proportionally smaller file for smoke tests: S times
+the ratings, users and movies (same id space, popularity ranks scaled by S, per-user counts capped
+at half the catalogue); S = 1 is the file described above, byte for byte.
 
 Memory stays well under 3 GB: the 32 M movie assignments are held as int32 (128 MB) and the rows
 are built and written ~2 M at a time. The file is written to a temporary name and renamed at the
@@ -71,6 +75,8 @@ RATING_PROBS = RATING_PROBS / RATING_PROBS.sum()
 YEAR_WEIGHTS = [2, 8, 5, 3, 6, 9, 5, 4, 4, 4, 5, 4, 3, 3, 2.5, 2, 2, 2, 2, 2, 6, 8, 7, 6, 6, 6, 5, 4, 3]
 
 HEAVY_USER = 1_000  # users with at least this many ratings are sampled by Gumbel top-k
+DENSE_IDS = 8_500  # MovieLens' original catalogue: ids up to ~10,000, densely used
+DONOR_MIN_RATINGS = 20_000  # a never-drawn movie takes one rating from a movie rated this often
 CHUNK_RATINGS = 2_000_000
 ROW_GROUP = 1 << 20
 DEFAULT_OUT = Path(__file__).resolve().parent / "work" / "ml32m"
@@ -89,9 +95,40 @@ def _log(msg: str, t0: float) -> None:
     print(f"[{time.perf_counter() - t0:7.1f} s, peak {_peak_mb():6.0f} MB] {msg}", flush=True)
 
 
+def set_scale(scale: float) -> None:
+    """Rescale the module's shape constants to ``scale`` times the ratings, users and movies.
+
+    ``scale`` = 1 leaves them as above. Below 1, popularity ranks shrink with the catalogue while
+    the per-rank weights stay, so the head still holds most ratings; users still rate 20+ movies.
+    """
+    global N_RATINGS, N_USERS, N_MOVIES, MAX_PER_USER, POPULARITY_KNOTS, HEAVY_USER, DENSE_IDS
+    global DONOR_MIN_RATINGS
+    if not 0 < scale <= 1:
+        raise ValueError(f"scale must be in (0, 1], got {scale}")
+    if scale == 1:
+        return
+    N_RATINGS = round(32_000_204 * scale)
+    N_USERS = round(200_948 * scale)
+    N_MOVIES = round(84_432 * scale)
+    if N_USERS < 50 or N_MOVIES < 200:
+        raise ValueError(f"scale {scale} is too small ({N_USERS} users, {N_MOVIES} movies)")
+    MAX_PER_USER = min(35_000, N_MOVIES // 2)
+    knots, last = [], 0
+    for rank, count in [(1, 250_000), (100, 70_000), (1_000, 10_000), (2_800, 1_050), (10_000, 100),
+                        (30_000, 8)]:
+        rank = max(round(rank * scale), last + 1)
+        if rank < N_MOVIES:
+            knots.append((rank, count))
+            last = rank
+    POPULARITY_KNOTS = knots + [(N_MOVIES, 1)]
+    HEAVY_USER = min(1_000, max(MIN_PER_USER, N_MOVIES // 20))
+    DENSE_IDS = max(1, round(8_500 * scale))
+    DONOR_MIN_RATINGS = max(2, round(20_000 * scale))
+
+
 def movie_ids_by_popularity(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(movie id of each popularity rank, sampling weight of each rank)."""
-    dense = 8_500  # MovieLens' original catalogue: ids up to ~10,000, densely used
+    dense = DENSE_IDS
     low = np.concatenate([[1], rng.choice(np.arange(2, 10_001), dense - 1, replace=False)])
     high = np.concatenate([rng.choice(np.arange(10_001, MAX_MOVIE_ID), N_MOVIES - dense - 1,
                                       replace=False), [MAX_MOVIE_ID]])
@@ -180,7 +217,7 @@ def cover_every_movie(ranks: np.ndarray, rng: np.random.Generator) -> int:
     missing = np.flatnonzero(counts == 0)
     if len(missing) == 0:
         return 0
-    donors = np.flatnonzero(counts[ranks] >= 20_000)
+    donors = np.flatnonzero(counts[ranks] >= DONOR_MIN_RATINGS)
     pos = donors[rng.choice(len(donors), len(missing), replace=False)]
     ranks[pos] = missing  # nobody rated a missing movie, so no user gets it twice
     return len(missing)
@@ -355,7 +392,11 @@ def main(argv: list[str] | None = None) -> int:
                     "movieId (MovieLens' documented order)")
     ap.add_argument("--force", action="store_true", help="overwrite an existing ratings.parquet")
     ap.add_argument("--no-verify", action="store_true", help="skip reading the file back")
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="fraction of MovieLens 32M's ratings, users and movies (default 1; e.g. 0.02 for a "
+                    "smoke test)")
     args = ap.parse_args(argv)
+    set_scale(args.scale)
 
     path = args.out / "ratings.parquet"
     if path.exists() and not args.force:
@@ -381,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         tmp.unlink(missing_ok=True)
     print(f"wrote {path} in {time.perf_counter() - t0:.1f} s (seed {args.seed}, order {args.order}, "
+          f"scale {args.scale:g}, "
           f"peak RSS {_peak_mb():.0f} MB)")
     if not args.no_verify:
         stats = verify(path, t0)
