@@ -529,3 +529,75 @@ def test_the_envvar_key_resolves_inside_a_dagster_run(monkeypatch):
     assert result.success
     assert np.asarray(result.output_for_node("overview_vectors")).shape == (2, 8)
     assert [e["status"] for e in server.log] == [200]
+
+
+# --------------------------------------------------------------------------- the embedding cache key
+
+
+def test_cache_space_is_model_dimension_and_namespace_not_the_endpoint():
+    a = OpenAIEmbedder(api_key="sk-x", base_url="http://10.0.0.5:8000/v1")
+    b = OpenAIEmbedder(api_key="sk-x", base_url="https://gateway.example/openai/v1?api-key=k")
+    openai = OpenAIEmbedder(api_key="sk-x")
+    assert a.cache_space(1536) == b.cache_space(1536) == openai.cache_space(1536) == \
+        "openai-api/text-embedding-ada-002@1536"
+    assert a.model_id() != b.model_id()  # the collection still records where vectors came from
+    assert a.cache_space(384) != a.cache_space(1536)
+    assert OpenAIEmbedder(api_key="sk-x", model="text-embedding-3-small").cache_space(1536) != a.cache_space(1536)
+    separate = OpenAIEmbedder(api_key="sk-x", base_url="http://10.0.0.5:8000/v1", namespace="lab-gpu")
+    assert separate.cache_space(1536) == "lab-gpu/openai-api/text-embedding-ada-002@1536"
+    assert LocalE5Embedder().cache_space(384) == LOCAL_MODEL_ID  # the local cache keeps its old keys
+    assert LocalE5Embedder(namespace="x").cache_space(384) == f"x/{LOCAL_MODEL_ID}@384"
+    assert (a.known_dimension(), openai.known_dimension()) == (None, 1536)
+    assert embedder_from_environment({"RCMD_EMBEDDING_NAMESPACE": " lab "}).namespace == "lab"
+    assert embedder_from_environment({"OPENAI_API_KEY": SECRET_KEY, "RCMD_EMBEDDING_NAMESPACE": "lab"}).namespace \
+        == "lab"
+    assert embedder_from_environment({"OPENAI_API_KEY": SECRET_KEY}).namespace is None
+
+
+def test_the_same_model_behind_another_gateway_reuses_every_cached_vector(tmp_path):
+    from rcmd_pipeline.embeddings import EmbeddingCache, embed_with_cache
+
+    texts = [TOY_1, TOY_2, WAR]
+    cache = EmbeddingCache(tmp_path / "cache")
+    with FakeOpenAIServer() as first:
+        keys, vectors, counts = embed_with_cache(texts, fast(first), cache, chunk_size=2)
+    assert counts == {"embedded": 3, "migrated": 0, "dimension": 8}
+    assert [e["inputs"] for e in first.log] == [2, 1]
+    with FakeOpenAIServer() as gateway:  # the same model on another host and port
+        assert gateway.url != first.url
+        again, reused, counts = embed_with_cache(texts, fast(gateway, dimensions=8), cache, chunk_size=2)
+        assert gateway.log == [], "nothing is paid for twice"
+        assert counts["embedded"] == 0 and again == keys
+        np.testing.assert_array_equal(reused, vectors)
+        # without `dimensions` the cached vectors' dimension is checked once: one request of one text
+        unknown, reused, counts = embed_with_cache(texts, fast(gateway), cache, chunk_size=2)
+        assert [e["inputs"] for e in gateway.log] == [1] and counts["embedded"] == 0 and unknown == keys
+        np.testing.assert_array_equal(reused, vectors)
+    with FakeOpenAIServer(dim=4) as other:  # same name, other dimension: another vector space
+        _, fresh, counts = embed_with_cache(texts, fast(other), cache, chunk_size=2)
+    assert counts["embedded"] == 3 and fresh.shape == (3, 4)
+    with FakeOpenAIServer() as separated:  # an explicit namespace keeps servers apart
+        _, _, counts = embed_with_cache(texts, fast(separated, namespace="other-lab"), cache, chunk_size=8)
+    assert counts["embedded"] == 3 and [e["inputs"] for e in separated.log] == [3]
+
+
+def test_vectors_cached_under_the_old_endpoint_key_are_migrated_on_read(tmp_path):
+    from rcmd_pipeline.embeddings import EmbeddingCache, embed_with_cache, text_hash
+
+    texts = [TOY_1, TOY_2, WAR]
+    cache = EmbeddingCache(tmp_path / "cache")
+    with FakeOpenAIServer() as server:
+        old = fast(server, dimensions=8)
+        # what a cache written before this key scheme holds: hash of (model_id with host:port, text)
+        paid = np.stack([server.vector(t) for t in texts[:2]])
+        paid /= np.linalg.norm(paid, axis=1, keepdims=True)
+        cache.append([text_hash(old.model_id(), t) for t in texts[:2]], paid)
+        keys, vectors, counts = embed_with_cache(texts, fast(server, dimensions=8), cache, chunk_size=8)
+        assert [e["texts"] for e in server.log] == [[WAR]], "only the text never embedded is sent"
+    assert counts == {"embedded": 1, "migrated": 2, "dimension": 8}
+    np.testing.assert_array_equal(vectors[:2], paid)
+    assert keys == [text_hash("openai-api/text-embedding-ada-002@8", t) for t in texts]
+    with FakeOpenAIServer() as gateway:  # migrated: found under the new key from any endpoint now
+        _, again, counts = embed_with_cache(texts, fast(gateway, dimensions=8), cache, chunk_size=8)
+        assert gateway.log == [] and counts == {"embedded": 0, "migrated": 0, "dimension": 8}
+    np.testing.assert_array_equal(again, vectors)

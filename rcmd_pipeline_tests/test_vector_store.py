@@ -415,3 +415,114 @@ def test_vector_store_from_environment(tmp_path: Path, monkeypatch):
     plain = vector_store_from_environment({"QDRANT_URL": "http://h:6333", "QDRANT_API_KEY": "other"}, tmp_path)
     assert plain.api_key == "other" and "other" not in repr(plain)
     assert os.environ["QDRANT_API_KEY"] == "from-env-key"
+
+
+# ----------------------------------------------------------------------------- sync (issue 13)
+
+
+def test_sync_keeps_an_unchanged_collection_and_writes_only_what_changed(store):
+    embedded = isinstance(store, EmbeddedQdrantStore)
+    with store.open() as session:
+        first = session.sync(COLLECTION, IDS, VECTORS, PAYLOADS, model=MODEL)
+        assert (first["action"], first["generation"], first["points"]) == ("rebuilt", 1, len(IDS))
+        assert session.info(COLLECTION)["digest"] == first["digest"]
+    with store.open() as session:  # the next night, nothing changed
+        again = session.sync(COLLECTION, IDS, VECTORS.copy(), [dict(p) for p in PAYLOADS], model=MODEL)
+        assert (again["action"], again["generation"], again["digest"]) == ("kept", 1, first["digest"])
+        assert again["upserted"] == again["deleted"] == 0
+    assert len(generations(store)) == 1
+
+    # one vector moved, one payload changed, one point removed, one added
+    ids = np.r_[IDS[IDS != 18], 19]
+    vectors = np.vstack([VECTORS[IDS != 18], circle_vectors([300.0])])
+    vectors[0] = circle_vectors([5.0])[0]
+    payloads = [dict(p) for p, i in zip(PAYLOADS, IDS, strict=True) if i != 18] + [{"title": "새 영화"}]
+    payloads[3] = {**payloads[3], "title": "바뀐 제목"}
+    with store.open() as session:
+        changed = session.sync(COLLECTION, ids, vectors, payloads, model=MODEL, max_changed_share=0.5)
+        info = session.info(COLLECTION)
+        got = session.retrieve(COLLECTION, np.array([11, 18, 19]))
+        near, _ = session.neighbours(COLLECTION, np.array([19]), 1)
+    if embedded:  # a patched copy: 3 points written (moved, renamed, new), 1 deleted
+        assert (changed["action"], changed["upserted"], changed["deleted"]) == ("updated", 3, 1)
+    else:  # a server is never patched in place: a new generation is uploaded
+        assert changed["action"] == "rebuilt" and "never patched" in changed["reason"]
+    assert changed["generation"] == 2 and info["generation"] == 2 and info["points"] == len(ids)
+    assert info["digest"] == changed["digest"] != first["digest"]
+    assert sorted(got) == [11, 19]
+    np.testing.assert_allclose(got[11], circle_vectors([5.0])[0], atol=1e-6)
+    assert near[0, 0] == 11  # 300 degrees is nearest to 5 degrees (65 apart) among what is served
+    assert len(generations(store)) == 1
+    with store.open() as session:  # and unchanged again: kept
+        assert session.sync(COLLECTION, ids, vectors, payloads, model=MODEL)["action"] == "kept"
+
+
+def test_sync_rebuilds_on_another_model_or_when_too_much_changed(store):
+    with store.open() as session:
+        session.sync(COLLECTION, IDS, VECTORS, PAYLOADS, model=MODEL)
+        moved = VECTORS.copy()
+        moved[:3] = circle_vectors([1.0, 11.0, 26.0])  # 3 of 8 points: 37.5 %
+        many = session.sync(COLLECTION, IDS, moved, PAYLOADS, model=MODEL, max_changed_share=0.2)
+        assert many["action"] == "rebuilt"
+        if isinstance(store, EmbeddedQdrantStore):  # (a server rebuilds on any change)
+            assert "37.5%" in many["reason"]
+        other = session.sync(COLLECTION, IDS, moved, PAYLOADS, model="test/other-model")
+        assert other["action"] == "rebuilt" and "model changed" in other["reason"]
+        info = session.info(COLLECTION)
+        assert (info["model"], info["generation"]) == ("test/other-model", 3)
+        wider = session.sync(COLLECTION, IDS, np.hstack([moved, np.zeros((len(IDS), 2))]), PAYLOADS,
+                             model="test/other-model")
+        assert wider["action"] == "rebuilt" and "dimension changed" in wider["reason"]
+        assert session.info(COLLECTION)["dimension"] == 6
+
+
+def test_an_upsert_after_a_sync_is_not_mistaken_for_the_synced_content(store):
+    """upsert changes what is served: the digest recorded by the sync must no longer claim it."""
+    with store.open() as session:
+        synced = session.sync(COLLECTION, IDS, VECTORS, PAYLOADS, model=MODEL)
+        session.upsert(COLLECTION, np.array([99]), circle_vectors([180.0]), None, model=MODEL)
+        assert session.info(COLLECTION)["digest"] != synced["digest"]
+        back = session.sync(COLLECTION, IDS, VECTORS, PAYLOADS, model=MODEL, max_changed_share=0.5)
+        assert back["action"] in ("updated", "rebuilt") and back["digest"] == synced["digest"]
+        assert session.retrieve(COLLECTION, np.array([99])) == {}
+        assert session.info(COLLECTION)["points"] == len(IDS)
+
+
+def test_embedded_failed_patch_leaves_the_served_generation(tmp_path: Path, monkeypatch):
+    store = EmbeddedQdrantStore(path=str(tmp_path / "vectors"))
+    with store.open() as session:
+        session.sync(COLLECTION, IDS, VECTORS, PAYLOADS, model=MODEL)
+        before = session.retrieve(COLLECTION, IDS)
+    from rcmd_pipeline.resources import vector_store as module
+
+    def broken(self, shard, ids, vectors, payloads):  # after the deletes were applied to the copy
+        raise OSError(28, "No space left on device (simulated)")
+
+    monkeypatch.setattr(module._EmbeddedSession, "_write_points", broken)
+    moved = VECTORS[1:].copy()
+    moved[0] = circle_vectors([12.0])[0]
+    with store.open() as session, pytest.raises(OSError, match="simulated"):
+        session.sync(COLLECTION, IDS[1:], moved, PAYLOADS[1:], model=MODEL, max_changed_share=0.5)
+    monkeypatch.undo()
+    assert generations(store) == ["g000001"], "the half-patched copy is removed"
+    with store.open() as session:
+        info = session.info(COLLECTION)
+        after = session.retrieve(COLLECTION, IDS)
+        assert (info["generation"], info["points"]) == (1, len(IDS))
+        assert session.sync(COLLECTION, IDS, VECTORS, PAYLOADS, model=MODEL)["action"] == "kept"
+    assert sorted(after) == sorted(before)
+    for point_id, vector in before.items():
+        np.testing.assert_array_equal(after[point_id], vector)
+
+
+def test_embedded_generation_made_before_digests_is_rebuilt_once(tmp_path: Path):
+    store = built(EmbeddedQdrantStore(path=str(tmp_path / "vectors")))
+    folder = tmp_path / "vectors" / COLLECTION / "g000001"
+    (folder / "points.npz").unlink()  # as a generation written before point hashes existed
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["digest"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with store.open() as session:
+        first = session.sync(COLLECTION, IDS, VECTORS, PAYLOADS, model=MODEL)
+        assert first["action"] == "rebuilt" and "no point hashes" in first["reason"]
+        assert session.sync(COLLECTION, IDS, VECTORS, PAYLOADS, model=MODEL)["action"] == "kept"
