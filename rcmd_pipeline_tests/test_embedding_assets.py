@@ -116,16 +116,93 @@ def test_nightly_schedule_runs_the_refresh_chain_at_three_in_seoul():
     keys = {k.to_user_string() for k in job.asset_layer.executable_asset_keys}
     assert {"tmdb_movie_info_kr", "movie_table", "series_table", "movie_overview_embeddings", "movie_vectors",
             "hit_ratio_series", "hit_ratio_vector", "hit_ratio_series_vector", "hit_ratio_hybrid",
-            "strategy_leaderboard", "sample_recommendations"} == keys
+            "strategy_leaderboard", "sample_recommendations",
+            # the models built from the catalogue (the series index, and the blend made of it)
+            "series_model", "series_vector_model", "hybrid_model"} == keys
 
 
 @pytest.mark.parametrize("missing", ["movie_vectors"])
 def test_vector_strategy_without_a_served_collection_fails_clearly(tmp_path, small_dataset, missing):
     data_dir = tmp_path / "state"
     resources = embedded_resources(small_dataset, data_dir)
-    materialize(all_assets, selection=["movielens_ratings", "eval_transitions"], resources=resources,
-                run_config=small_run_config())
+    materialize(all_assets, selection=["movielens_ratings", "eval_transitions", "vector_model"],
+                resources=resources, run_config=small_run_config())
     result = materialize(all_assets, selection=["hit_ratio_vector"], resources=resources, raise_on_error=False)
     assert not result.success
     failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"][0]
     assert "movie_emb_kr" in str(failure.event_specific_data.error)
+
+
+def _meta_of(result, asset):
+    return {k: v.value for k, v in result.asset_materializations_for_node(asset)[0].metadata.items()}
+
+
+def _data_version(instance, asset):
+    from dagster import AssetKey
+    from dagster._core.definitions.data_version import extract_data_version_from_entry
+
+    record = instance.get_latest_data_version_record(AssetKey(asset))
+    return extract_data_version_from_entry(record.event_log_entry).value
+
+
+def test_unchanged_inputs_keep_the_embeddings_and_the_served_generation(tmp_path, small_dataset):
+    from dagster import DagsterInstance
+
+    from rcmd_pipeline.embeddings import text_hash
+
+    data_dir = tmp_path / "state"
+    resources = embedded_resources(small_dataset, data_dir)
+    resources["embedder"] = CountingE5()
+    instance = DagsterInstance.ephemeral()
+    vectors_run = [*EMBED, "movie_vectors"]
+
+    def run(selection):
+        EMBED_CALLS.clear()
+        result = materialize(all_assets, selection=selection, resources=resources, instance=instance)
+        assert result.success
+        return result
+
+    first = run(vectors_run)
+    built = _meta_of(first, "movie_vectors")
+    assert (built["action"], built["generation"], built["points"]) == ("rebuilt", "1", 10)
+    stored = np.load(data_dir / "assets" / "movie_overview_embeddings.npz")
+    assert stored["vector"].shape == (10, 384) and stored["vector"].dtype == np.float32
+    assert stored["movieId"].dtype == np.int64 and stored["text_hash"].dtype.kind == "U"
+    versions = {a: _data_version(instance, a) for a in ("movie_overview_embeddings", "movie_vectors")}
+
+    # nothing upstream ran again: both keep their result without any work
+    second = run(["movie_overview_embeddings", "movie_vectors"])
+    assert EMBED_CALLS == []
+    for asset in ("movie_overview_embeddings", "movie_vectors"):
+        assert _meta_of(second, asset)["kept_from_run"] == first.run_id, asset
+        assert _data_version(instance, asset) == versions[asset], asset
+    assert (_meta_of(second, "movie_vectors")["generation"], _meta_of(second, "movie_vectors")["action"]) == (
+        "1", "kept")
+
+    # TMDB re-read with nothing changed: no embedding call, the embeddings' data version stays, the
+    # served generation stays (kept by the Dagster history or by the store's content digest)
+    third = run(vectors_run)
+    assert EMBED_CALLS == []
+    assert _data_version(instance, "movie_overview_embeddings") == versions["movie_overview_embeddings"]
+    again = _meta_of(third, "movie_vectors")
+    assert again["generation"] == "1" and again["action"] == "kept"
+
+    # one overview changed: one text embedded, one point written into a new generation
+    path = small_dataset / "tmdb" / "ko-KR" / "1003.json"
+    body = json.loads(path.read_text())
+    body["overview"] = "장난감들이 살아 움직이는 새로운 이야기"
+    path.write_text(json.dumps(body, ensure_ascii=False))
+    fourth = run(vectors_run)
+    assert EMBED_CALLS == [1]
+    assert _data_version(instance, "movie_overview_embeddings") != versions["movie_overview_embeddings"]
+    patched = _meta_of(fourth, "movie_vectors")
+    assert (patched["action"], patched["upserted"], patched["deleted"], patched["generation"]) == (
+        "updated", 1, 0, "2")
+    stored = np.load(data_dir / "assets" / "movie_overview_embeddings.npz")
+    row = int(np.flatnonzero(stored["movieId"] == 3)[0])
+    assert stored["text_hash"][row] == text_hash(resources["embedder"].model_id(),
+                                                 f"{body['title']}. {body['overview']}")
+    with EmbeddedQdrantStore(path=str(data_dir / "vectors")).open() as session:
+        served = session.retrieve("movie_emb_kr", np.array([3]))
+        assert session.info("movie_emb_kr")["generation"] == 2
+    np.testing.assert_allclose(served[3], stored["vector"][row], atol=1e-5)

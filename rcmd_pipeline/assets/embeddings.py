@@ -177,7 +177,10 @@ def movie_vectors(
             recorded = _value(previous[1], "digest")
             if info is not None and recorded and info.get("digest") == recorded:
                 kept_now = kept_result(context, version, previous)
-                return MaterializeResult(metadata=kept_now.metadata, data_version=DataVersion(str(recorded)))
+                return MaterializeResult(data_version=DataVersion(str(recorded)), metadata={
+                    **kept_now.metadata, "action": "kept", "upserted": 0, "deleted": 0,
+                    "reason": f"inputs unchanged since run {previous[0]}; the store serves that generation",
+                    "seconds": MetadataValue.float(round(time.perf_counter() - started, 2))})
         ids = np.asarray(movie_overview_embeddings["movieId"], dtype=np.int64)
         vectors = frame_vectors(movie_overview_embeddings)
         payloads = movie_payloads(ids, tmdb_movie_info_kr)
