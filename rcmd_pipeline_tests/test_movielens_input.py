@@ -5,7 +5,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from dagster import instance_for_test
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
+from rcmd_pipeline.assets.versioning import KEPT_FROM_RUN
 from rcmd_pipeline.evaluation import InsufficientDataError
 from rcmd_pipeline.resources import movielens as movielens_files
 from rcmd_pipeline.resources.movielens import DatasetError, read_links, read_ratings, source_fingerprint
@@ -195,6 +198,65 @@ def test_links_keep_imdb_zeros_and_allow_missing_tmdb(tmp_path):
     (folder / "links.csv").write_text("movieId,imdbId,tmdbId\n1,0114709,eight\n")
     with pytest.raises(DatasetError, match=r"links\.csv: column 'tmdbId'.*line 2: 'eight'"):
         read_links(folder)
+
+
+SOURCE_ASSETS = ["movielens_ratings", "movielens_links", "movielens_movies"]
+
+
+def _materializations(result) -> dict:
+    return {name: result.asset_materializations_for_node(name)[0] for name in SOURCE_ASSETS}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_unchanged_source_files_are_not_read_again_and_changed_ones_are(tmp_path, fmt):
+    folder = write_dataset(tmp_path / "d", synthetic_ratings(users=5), fmt=fmt)
+    ratings = folder / f"ratings.{fmt}"
+    data_dir = tmp_path / "state"
+    stored = data_dir / "assets" / "movielens_ratings.parquet"
+    with instance_for_test() as instance:
+        first = materialize_all(folder, data_dir, selection=SOURCE_ASSETS, instance=instance)
+        before = {name: m for name, m in _materializations(first).items()}
+        assert all(KEPT_FROM_RUN not in m.metadata for m in before.values())
+        written = stored.stat().st_mtime_ns
+        good = ratings.read_bytes()
+
+        # Same name, size and mtime but unreadable content: had the asset read it, the run would fail.
+        stat = ratings.stat()
+        ratings.write_bytes(b"x" * stat.st_size)
+        os.utime(ratings, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        second = materialize_all(folder, data_dir, selection=SOURCE_ASSETS, instance=instance)
+        for name, m in _materializations(second).items():
+            assert m.metadata[KEPT_FROM_RUN].value == first.run_id, name
+            assert m.tags[DATA_VERSION_TAG] == before[name].tags[DATA_VERSION_TAG], name  # nothing turns stale
+            assert m.metadata["dagster/row_count"] == before[name].metadata["dagster/row_count"], name
+        assert stored.stat().st_mtime_ns == written
+        assert len(pd.read_parquet(stored)) == 50
+
+        # Touched (new mtime): read again, so the unreadable content now fails the run and keeps the stored value.
+        os.utime(ratings, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+        third = materialize_all(folder, data_dir, selection=["movielens_ratings"], instance=instance,
+                                raise_on_error=False)
+        assert not third.success and stored.stat().st_mtime_ns == written
+
+        # Good content again, new mtime: read and stored again, with a new data version.
+        ratings.write_bytes(good.replace(b"\n1,", b"\n2,", 1) if fmt == "csv" else good)
+        os.utime(ratings, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
+        fourth = materialize_all(folder, data_dir, selection=SOURCE_ASSETS, instance=instance)
+        after = _materializations(fourth)
+        assert KEPT_FROM_RUN not in after["movielens_ratings"].metadata
+        assert after["movielens_ratings"].tags[DATA_VERSION_TAG] != before["movielens_ratings"].tags[DATA_VERSION_TAG]
+        assert stored.stat().st_mtime_ns != written
+        # links.csv and movies.csv did not change: they are still kept (from the run that computed
+        # them, or the latest run that kept them, as versioning.kept chooses to name it)
+        for name in ("movielens_links", "movielens_movies"):
+            assert after[name].metadata[KEPT_FROM_RUN].value in (first.run_id, second.run_id), name
+            assert after[name].tags[DATA_VERSION_TAG] == before[name].tags[DATA_VERSION_TAG], name
+
+        # A deleted stored value is written again even though the file is unchanged.
+        stored.unlink()
+        fifth = materialize_all(folder, data_dir, selection=["movielens_ratings"], instance=instance)
+        assert KEPT_FROM_RUN not in fifth.asset_materializations_for_node("movielens_ratings")[0].metadata
+        assert len(pd.read_parquet(stored)) == 50
 
 
 def _stored(data_dir: Path) -> set[str]:
