@@ -166,7 +166,8 @@ def movie_vectors(
     """
     collection = settings.qdrant_collection()
     model = embedder.model_id()
-    version = inputs_version(context, config=config,
+    # ``rebuild`` is an action, not an input: a run after a forced rebuild with the same inputs keeps it
+    version = inputs_version(context, config={"max_changed_share": config.max_changed_share},
                              upstream=["movie_overview_embeddings", "tmdb_movie_info_kr"],
                              extra={"collection": collection, "store": vector_store.describe(), "model": model})
     started = time.perf_counter()
