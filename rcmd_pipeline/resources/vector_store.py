@@ -31,6 +31,15 @@ included), then switches the served name to it in one atomic step, then drops ol
   generation; it is replaced with ``os.replace`` (written to a temporary file, fsynced, renamed,
   folder fsynced), so a reader reads either the old name or the new one.
 
+``sync`` is what the pipeline calls each night: every generation records a content digest of its
+points (a 64-bit hash of each point's vector and payload, kept per point in the embedded
+generation's ``points.npz`` and summarised in its manifest; in the collection metadata
+``rcmd_digest`` on a server). An unchanged set of points keeps the served generation (no write at
+all); a few changed points make a new generation from a copy of the served one with only those
+points upserted or deleted (embedded); a new model or dimension, or more than
+:data:`REBUILD_SHARE` of the points changed, is a full rebuild. A Qdrant server is never patched in
+place: a changed collection is uploaded into a new generation (see ``_ServerSession._sync``).
+
 ``upsert`` is incremental but keeps the same guarantee. On a server it writes into the served
 physical collection (the server isolates concurrent readers). Embedded, it is copy-on-write: the
 served generation's files are copied (about 2 s for 87,000 x 1536), the points are upserted into
