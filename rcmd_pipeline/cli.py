@@ -24,6 +24,8 @@ import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
+from rcmd_pipeline.recommenders.registry import REGISTRY, Strategy
+
 EXIT_ERROR = 2
 TITLE_WIDTH = 40
 """Longest title shown in the table, in terminal columns (a Hangul syllable takes two)."""
@@ -55,8 +57,11 @@ def _whole(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from rcmd_pipeline.serving import STRATEGIES
+def build_parser(registry: Sequence[Strategy] = REGISTRY) -> argparse.ArgumentParser:
+    """The ``rcmd`` parser; ``--strategy`` offers the study's four and every other strategy of ``registry``."""
+    from rcmd_pipeline.serving import STUDY_STRATEGIES
+
+    strategies = (*STUDY_STRATEGIES, *(s.name for s in registry if s.name not in STUDY_STRATEGIES))
 
     parser = _Parser(
         prog="rcmd",
@@ -71,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     similar = sub.add_parser("similar", help="movies like one movie")
     similar.add_argument("movie_id", type=_whole, metavar="MOVIE_ID", help="MovieLens movie id (1 = Toy Story)")
-    similar.add_argument("--strategy", choices=STRATEGIES, default="vector",
-                         help="vector (nearest overviews, default), series, series_vector or random")
+    similar.add_argument("--strategy", choices=strategies, default="vector",
+                         help="vector (nearest overviews, default), series, series_vector, random (the study's), "
+                              "or a registered strategy learned from ratings: " + ", ".join(strategies[4:]))
     common(similar)
 
     search = sub.add_parser("search", help="movies whose overview is nearest to a text")
@@ -139,10 +145,10 @@ def _label(movie: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------ main
 
 
-def _run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]:
+def _run(args: argparse.Namespace, registry: Sequence[Strategy]) -> tuple[list[dict[str, Any]], str]:
     from rcmd_pipeline.serving import Recommendations
 
-    with Recommendations.from_environment() as rec:
+    with Recommendations.from_environment(registry=registry) as rec:
         if args.command == "similar":
             rows = rec.similar(args.movie_id, k=args.k, strategy=args.strategy)
             heading = f"Movies like {_label(rec.movie(args.movie_id))} [{args.movie_id}], strategy {args.strategy}:"
@@ -156,12 +162,12 @@ def _run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]:
     return rows, heading
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, registry: Sequence[Strategy] = REGISTRY) -> int:
     """Run ``rcmd``; returns the exit status (0, or 2 after a one-line error on stderr)."""
     logging.basicConfig(level=logging.WARNING, format="rcmd: %(message)s")
     try:
-        args = build_parser().parse_args(argv)
-        rows, heading = _run(args)
+        args = build_parser(registry).parse_args(argv)
+        rows, heading = _run(args, registry)
     except _UsageError as exc:
         print(f"rcmd: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -53,7 +53,9 @@ from rcmd_pipeline.recommenders import (
     SeriesVectorRecommender,
     VectorRecommender,
 )
+from rcmd_pipeline.recommenders.registry import REGISTRY, QueryContext, Strategy, all_parts, by_name
 from rcmd_pipeline.resources.embedder import Embedder, embedder_from_environment
+from rcmd_pipeline.resources.local_state import stored_value_path
 from rcmd_pipeline.resources.movie_db import MovieDatabase, MovieDatabaseError, movie_database_from_environment
 from rcmd_pipeline.resources.vector_store import (
     EmbeddedQdrantStore,
@@ -62,8 +64,11 @@ from rcmd_pipeline.resources.vector_store import (
     vector_store_from_environment,
 )
 
-STRATEGIES = ("vector", "series", "series_vector", "random")
-"""The strategies of :meth:`Recommendations.similar` (the study's four)."""
+STUDY_STRATEGIES = ("vector", "series", "series_vector", "random")
+"""The study's four, answered by :meth:`Recommendations.similar` from the live catalogue and collection."""
+STRATEGIES = (*STUDY_STRATEGIES, *(s.name for s in REGISTRY if s.name not in STUDY_STRATEGIES))
+"""Every strategy of :meth:`Recommendations.similar`: the study's four, then the other registered ones,
+answered from their stored model assets."""
 
 MATERIALIZE = "dagster asset materialize -m rcmd_pipeline.definitions --select {}"
 
@@ -147,8 +152,10 @@ class Recommendations:
     """
 
     def __init__(self, data_dir: str | os.PathLike, vector_store: VectorStore, embedder: Embedder,
-                 movie_db: MovieDatabase, collection: str = "movie_emb_kr", seed: int = 0) -> None:
+                 movie_db: MovieDatabase, collection: str = "movie_emb_kr", seed: int = 0,
+                 registry: tuple[Strategy, ...] = REGISTRY) -> None:
         self.data_dir = Path(data_dir)
+        self.registry = tuple(registry)
         self.vector_store = vector_store
         self.embedder = embedder
         self.movie_db = movie_db
@@ -163,7 +170,8 @@ class Recommendations:
         self._require_asset("tmdb_movie_info_kr")
 
     @classmethod
-    def from_environment(cls, environ: Mapping[str, str] = os.environ, seed: int = 0) -> Recommendations:
+    def from_environment(cls, environ: Mapping[str, str] = os.environ, seed: int = 0,
+                         registry: tuple[Strategy, ...] = REGISTRY) -> Recommendations:
         """The pipeline's state as the environment chooses it (``RCMD_DATA_DIR`` etc., see README)."""
         data_dir = _data_dir(environ)
         if not (data_dir / "assets").is_dir():
@@ -174,7 +182,7 @@ class Recommendations:
         # the database helper creates its folder: data_dir exists here, so nothing new appears
         db = _plain_db(movie_database_from_environment(environ, data_dir))
         return cls(data_dir, vector_store_from_environment(environ, data_dir), embedder_from_environment(environ),
-                   db, collection=_collection(environ), seed=seed)
+                   db, collection=_collection(environ), seed=seed, registry=tuple(registry))
 
     # ------------------------------------------------------------------ life cycle
 
@@ -310,9 +318,12 @@ class Recommendations:
         """
         movie_id = _check_id(movie_id, "movie id")
         k = _check_k(k)
-        if strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
+        choices = self.strategies()
+        if strategy not in choices:
+            raise ValueError(f"unknown strategy {strategy!r}: expected one of {', '.join(choices)}")
         self.movie(movie_id)  # unknown id: a clear error before anything else is read
+        if strategy not in STUDY_STRATEGIES:
+            return self._similar_from_model(movie_id, k, strategy)
         prev = np.array([movie_id], dtype=np.int64)
         scores: dict[int, float] = {}
 
@@ -345,6 +356,33 @@ class Recommendations:
                 row = recommender.recommend(prev, k)[0]
         row = [int(i) for i in row if i != PAD and i != movie_id]
         return self._rows(row, [scores.get(i) for i in row] if strategy in ("vector", "series_vector") else None)
+
+    def strategies(self) -> tuple[str, ...]:
+        """The strategy names :meth:`similar` accepts: the study's four, then every other registered one."""
+        return (*STUDY_STRATEGIES, *(s.name for s in self.registry if s.name not in STUDY_STRATEGIES))
+
+    def _model_state(self, name: str) -> dict[str, np.ndarray]:
+        asset = f"{name}_model"
+        path = stored_value_path(self.data_dir, [asset])
+        if path is None or path.suffix != ".npz":
+            raise MissingStateError(f"asset {asset} is not materialized in {self.data_dir} "
+                                    f"({settings.DATA_DIR_ENV}); {_materialize_hint(asset)}")
+        with np.load(path, allow_pickle=False) as arrays:
+            return {key: arrays[key] for key in arrays.files}
+
+    def _similar_from_model(self, movie_id: int, k: int, name: str) -> list[dict[str, Any]]:
+        """A registered strategy's picks from its stored model (and its parts'), the movie itself excluded."""
+        strategy = by_name(self.registry)[name]
+        parts = {part: self._model_state(part) for part in all_parts(strategy, self.registry)}
+        state = self._model_state(name)
+
+        def neighbours(ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+            session, _ = self._vectors()
+            return session.neighbours(self.collection, ids, n)
+
+        recommender = strategy.recommender(state, QueryContext(seed=self.seed, neighbours=neighbours, parts=parts))
+        row = recommender.recommend(np.array([movie_id], dtype=np.int64), k + 1)[0]
+        return self._rows([int(i) for i in row if i != PAD and i != movie_id][:k])
 
     def search(self, text: str, k: int = 10) -> list[dict[str, Any]]:
         """The k movies whose overview embedding is nearest to ``text``, with cosine scores.

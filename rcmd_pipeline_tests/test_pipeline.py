@@ -12,6 +12,7 @@ from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 
 from rcmd_pipeline import cli, settings
 from rcmd_pipeline.definitions import defs
+from rcmd_pipeline.recommenders.registry import REGISTRY
 from rcmd_pipeline_tests.conftest import materialize_all, small_run_config
 
 EXPECTED_ASSETS = {"movielens_ratings", "movielens_links", "movielens_movies", "tmdb_movie_info_kr",
@@ -54,6 +55,7 @@ def test_materialize_every_asset_on_the_demo_data_with_the_study_defaults(tmp_pa
                                   "sample_recommendations")]
         + [f"hit_ratio_{s}.pickle" for s in ("random", "series", "vector", "series_vector", "popularity",
                                               "next_movie", "hybrid")]
+        + [f"{s.name}_model.npz" for s in REGISTRY]  # every strategy's learned state, as arrays
     )
     tmdb_meta = meta["tmdb_movie_info_kr"]
     assert tmdb_meta["requested"].value == 303 and tmdb_meta["failed"].value == 0

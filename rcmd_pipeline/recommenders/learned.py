@@ -99,6 +99,20 @@ class PopularityRecommender:
         self.ranked_counts = counts[order]
         self.min_count = min_count
 
+    def state(self) -> dict[str, np.ndarray]:
+        """The learned state as plain arrays (what the ``popularity_model`` asset stores)."""
+        return {"ranked_ids": self.ranked_ids.astype(np.int64), "ranked_counts": self.ranked_counts.astype(np.int64),
+                "min_count": np.array(self.min_count, dtype=np.int64)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, np.ndarray]) -> PopularityRecommender:
+        """The recommender :meth:`state` describes, without the ratings it was counted from."""
+        rec = cls.__new__(cls)
+        rec.ranked_ids = np.asarray(state["ranked_ids"], dtype=np.int64)
+        rec.ranked_counts = np.asarray(state["ranked_counts"], dtype=np.int64)
+        rec.min_count = int(state["min_count"])
+        return rec
+
     @property
     def popularity(self) -> pd.Series:
         """Movie id -> rating count in the window (the ranked movies), most rated first."""
@@ -259,6 +273,32 @@ class NextMovieRecommender:
         self._next = self._ids_by_rank[nxt]
         self._support = weighted / scale
         self.distinct_pairs = len(self._next)
+
+    _STATE = ("_movie_ids", "_rank_of", "_ids_by_rank", "_offsets", "_next", "_support")
+    _SCALARS = ("min_support", "window", "rating_count", "pair_count", "distinct_pairs")
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The learned state as plain arrays (what the ``next_movie_model`` asset stores), without the
+        fallback, which is a model of its own. Movie ids are stored as int32 when they fit."""
+        out = {name.lstrip("_"): getattr(self, name) for name in self._STATE}
+        if len(out["next"]) and int(out["next"].max()) < 2**31 and int(out["next"].min()) >= 0:
+            out["next"] = out["next"].astype(np.int32)
+        out.update({name: np.array(getattr(self, name), dtype=np.int64) for name in self._SCALARS})
+        out["last_time"] = np.array(-1 if self.last_time is None else self.last_time, dtype=np.int64)
+        return out
+
+    @classmethod
+    def from_state(cls, state: dict[str, np.ndarray], fallback: Recommender | None = None) -> NextMovieRecommender:
+        """The recommender :meth:`state` describes (plus an optional fallback), without recounting."""
+        rec = cls.__new__(cls)
+        for name in cls._STATE:
+            setattr(rec, name, np.asarray(state[name.lstrip("_")]))
+        for name in cls._SCALARS:
+            setattr(rec, name, int(state[name]))
+        last = int(state["last_time"])
+        rec.last_time = None if last == -1 else last
+        rec.fallback = fallback
+        return rec
 
     def next_movies(self, movie_id: int) -> list[tuple[int, float]]:
         """The ranked (next movie id, weighted count) list of one previous movie (for inspection)."""

@@ -69,6 +69,20 @@ class SeriesRecommender:
         self.fill_ids = np.unique(np.asarray(fill_ids, dtype=np.int64))
         self.seed = seed
 
+    @staticmethod
+    def catalog_state(catalog: pd.DataFrame) -> dict[str, np.ndarray]:
+        """``catalog`` (movie_id, series_id, release_date) as plain arrays, for a model asset."""
+        released = pd.to_datetime(catalog["release_date"], errors="coerce").to_numpy(dtype="datetime64[s]")
+        return {"movie_id": catalog["movie_id"].to_numpy(dtype=np.int64),
+                "series_id": catalog["series_id"].fillna(_NO_SERIES).to_numpy(dtype=np.int64),
+                "release_date": released}
+
+    @staticmethod
+    def catalog_from_state(state: dict[str, np.ndarray]) -> pd.DataFrame:
+        """The catalogue frame :meth:`catalog_state` stored."""
+        return pd.DataFrame({"movie_id": state["movie_id"], "series_id": state["series_id"],
+                             "release_date": np.asarray(state["release_date"], dtype="datetime64[s]")})
+
     def series_rows(self, prev: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows of the series films (PAD after them) and how many each row holds."""
         n = len(prev)
