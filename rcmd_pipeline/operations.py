@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import requests
 from dagster import (
     AssetKey,
+    DagsterEventType,
     DefaultSensorStatus,
     FreshnessPolicy,
     RunFailureSensorContext,
@@ -141,13 +142,15 @@ def _first_line(text: str) -> str:
 
 def failure_message(run_id: str, job_name: str, failed_steps: Sequence[tuple[str, str]], run_error: str,
                     environ: Mapping[str, str] = os.environ) -> str:
-    """The alert's text: run id, job, each failed step with its error's first line (or the run's
-    failure message when no step failed, e.g. a killed run worker), never a secret."""
+    """The alert's text: run id, job, each failed step with its error's first line, and the run's
+    own failure message when given (e.g. why its worker died); never a secret."""
     lines = [f"Dagster run failed: job {job_name}, run {run_id}"]
     for step, error in failed_steps:
         lines.append(f"• step {step}: {_first_line(error) or 'no message'}")
-    if not failed_steps:
-        lines.append(f"• {_first_line(run_error) or 'the run failed before any step failed'}")
+    if run_error:
+        lines.append(f"• {_first_line(run_error)}")
+    elif not failed_steps:
+        lines.append("• the run failed before any step failed")
     return scrub("\n".join(lines), environ)
 
 
@@ -174,6 +177,32 @@ def _step_errors(context: RunFailureSensorContext) -> list[tuple[str, str]]:
     return out
 
 
+def _run_error(context: RunFailureSensorContext) -> tuple[list[tuple[str, str]], str]:
+    """For a run that failed outside any step (its worker killed, a timeout): the steps it left
+    unfinished, and the engine's explanation (e.g. "... was terminated by signal 9 (SIGKILL)")
+    instead of Dagster's generic "marked as failed from outside the execution context"."""
+    run_id = context.dagster_run.run_id
+    records = context.instance.all_logs(run_id)
+    started, ended, explanation = [], set(), ""
+    for record in records:
+        event = record.dagster_event
+        if event is None:
+            continue
+        if event.event_type == DagsterEventType.STEP_START:
+            started.append(event.step_key)
+        elif event.event_type in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE,
+                                  DagsterEventType.STEP_SKIPPED):
+            ended.add(event.step_key)
+        elif event.event_type == DagsterEventType.ENGINE_EVENT and run_id in (event.message or "") \
+                and ("terminated" in event.message or "exited" in event.message or "timed out" in event.message):
+            explanation = event.message
+    message = context.failure_event.message or ""
+    if explanation:
+        message = explanation
+    unfinished = [(step, "interrupted, did not finish") for step in dict.fromkeys(started) if step not in ended]
+    return unfinished, message
+
+
 @run_failure_sensor(
     name="run_failure_alert",
     default_status=DefaultSensorStatus.RUNNING,
@@ -183,7 +212,9 @@ def _step_errors(context: RunFailureSensorContext) -> list[tuple[str, str]]:
 )
 def run_failure_alert(context: RunFailureSensorContext) -> None:
     run = context.dagster_run
-    text = failure_message(run.run_id, run.job_name, _step_errors(context), context.failure_event.message or "")
+    steps = _step_errors(context)
+    unfinished, run_error = _run_error(context) if not steps else ([], "")
+    text = failure_message(run.run_id, run.job_name, steps or unfinished, run_error)
     url = (os.environ.get(ALERT_WEBHOOK_ENV) or "").strip()
     if not url:
         context.log.info(f"{ALERT_WEBHOOK_ENV} is not set, no alert sent for run {run.run_id}:\n{text}")
