@@ -190,10 +190,12 @@ class GatedEmbeddingsServer(FaultyEmbeddingsServer):
 
 
 class WebhookReceiver:
-    """A Slack-style incoming webhook on 127.0.0.1: records each POSTed JSON body, answers 200 "ok"."""
+    """A Slack-style incoming webhook on 127.0.0.1: records each POSTed JSON body, answers ``status``
+    (200 "ok" like Slack)."""
 
-    def __init__(self, path: str = "/services/T000/B000/webhook-token-xyz"):
+    def __init__(self, path: str = "/services/T000/B000/webhook-token-xyz", status: int = 200):
         self.path = path
+        self.status = status
         self.bodies: list[dict] = []
         self.paths: list[str] = []
         owner = self
@@ -206,7 +208,7 @@ class WebhookReceiver:
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 owner.paths.append(self.path)
                 owner.bodies.append(json.loads(raw or b"{}"))
-                self.send_response(200)
+                self.send_response(owner.status)
                 self.send_header("Content-Type", "text/plain")
                 self.send_header("Content-Length", "2")
                 self.end_headers()
