@@ -17,14 +17,17 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
+# `dg launch` is what Dagster now recommends (`dagster asset materialize -m rcmd_pipeline.definitions
+# --select '*'` does the same and still works, with a "superseded" warning). VIRTUAL_ENV: dg warns
+# when the project's .venv is not the active one.
 demo: setup
-	$(BIN)/dagster asset materialize -m rcmd_pipeline.definitions --select '*'
+	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/dg launch --assets '*'
 
 test: setup
 	$(BIN)/python -m pytest -ra
 
 dev: setup
-	$(BIN)/dagster dev
+	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/dg dev
 
 lint: setup
 	$(BIN)/ruff check rcmd_pipeline rcmd_pipeline_tests benchmarks
