@@ -51,8 +51,8 @@ def test_materialize_every_asset_on_the_demo_data_with_the_study_defaults(tmp_pa
     assert random_meta["queries_per_second"].value > 0
     assert sorted(p.name for p in (tmp_path / "assets").iterdir()) == sorted(
         [f"{k}.parquet" for k in ("movielens_ratings", "movielens_links", "movielens_movies", "eval_transitions",
-                                  "tmdb_movie_info_kr", "movie_overview_embeddings", "strategy_leaderboard",
-                                  "sample_recommendations")]
+                                  "tmdb_movie_info_kr", "strategy_leaderboard", "sample_recommendations")]
+        + ["movie_overview_embeddings.npz"]  # vectors as one contiguous (n, dimension) array
         + [f"hit_ratio_{s}.pickle" for s in ("random", "series", "vector", "series_vector", "popularity",
                                               "next_movie", "hybrid")]
         + [f"{s.name}_model.npz" for s in REGISTRY]  # every strategy's learned state, as arrays

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
+from rcmd_pipeline.assets import versioning
 from rcmd_pipeline.catalog import carry_regtime, movie_rows, series_rows
 from rcmd_pipeline.resources.movie_db import MovieDatabase
 
@@ -28,12 +29,16 @@ def movie_table(
     ``movie_id`` is the MovieLens id, ``series_id`` TMDB's collection id (0 = no series). Replaced
     in one transaction, so readers see the previous contents until the new ones are complete, and a
     re-run on the same details leaves exactly the same rows (``regtime`` changes only for rows
-    whose content changed).
+    whose content changed). Not rewritten when the details did not change (and the table is there).
     """
+    version = versioning.inputs_version(context, upstream=["tmdb_movie_info_kr"], extra=movie_db.masked_url)
+    previous = versioning.unchanged_since(context, version, movie_db.count_rows("movie") > 0)
+    if previous is not None:
+        return versioning.kept_result(context, version, previous)
     movie_db.create_tables()
     rows = carry_regtime(movie_rows(tmdb_movie_info_kr, _now()), movie_db.read_table("movie"), "movie_id")
     loaded = movie_db.replace_movies(rows)
-    return MaterializeResult(metadata={
+    return versioning.computed_result(version, {
         "dagster/row_count": loaded,
         "with_series": int((rows["series_id"] > 0).sum()),
         "with_overview": int(rows["overview"].notna().sum()),
@@ -46,11 +51,15 @@ def series_table(
     context: AssetExecutionContext, movie_db: MovieDatabase, tmdb_movie_info_kr: pd.DataFrame
 ) -> MaterializeResult:
     """The study's ``series`` table: one row per TMDB collection (series) some movie belongs to."""
+    version = versioning.inputs_version(context, upstream=["tmdb_movie_info_kr"], extra=movie_db.masked_url)
+    previous = versioning.unchanged_since(context, version, movie_db.count_rows("series") >= 0)
+    if previous is not None:
+        return versioning.kept_result(context, version, previous)
     movie_db.create_tables()
     rows = carry_regtime(series_rows(tmdb_movie_info_kr, _now()), movie_db.read_table("series"), "series_id")
     loaded = movie_db.replace_series(rows)
     sizes = tmdb_movie_info_kr.loc[tmdb_movie_info_kr["collection_id"] > 0, "collection_id"].value_counts()
-    return MaterializeResult(metadata={
+    return versioning.computed_result(version, {
         "dagster/row_count": loaded,
         "largest_series": int(sizes.max()) if len(sizes) else 0,
         "database": MetadataValue.text(movie_db.masked_url),

@@ -7,9 +7,10 @@
 from pathlib import Path
 
 import pandas as pd
-from dagster import AssetExecutionContext, Config, Failure, MetadataValue, asset
+from dagster import AssetExecutionContext, Config, Failure, MetadataValue, Output, asset
 from pydantic import Field
 
+from rcmd_pipeline.assets import versioning
 from rcmd_pipeline.resources.local_state import LocalStateDir
 from rcmd_pipeline.resources.tmdb import SnapshotTmdbClient, TmdbClient
 
@@ -43,20 +44,30 @@ def tmdb_movie_info_kr(
     tmdb: TmdbClient,
     local_state: LocalStateDir,
     movielens_links: pd.DataFrame,
-) -> pd.DataFrame:
+) -> Output:
     """Korean (ko-KR) TMDB details, one record per MovieLens movie that has a tmdbId.
 
     Live TMDB when ``TMDB_READ_ACCESS_TOKEN`` or ``TMDB_API_KEY`` is set — rate-limited, retried,
     and cached movie by movie under ``RCMD_DATA_DIR/tmdb_cache`` as each answer arrives, so an
     interrupted run loses nothing and the next one fetches only what is missing — otherwise the
     TMDB-shaped JSON snapshot of the data set (``<RCMD_DATASET_PATH>/tmdb/ko-KR``). Movies TMDB
-    does not know (404) are counted, not retried.
+    does not know (404) are counted, not retried. A snapshot whose files did not change is not read
+    again; the data version is a hash of the details, so a refresh that changed nothing leaves
+    everything downstream up to date.
     """
-    if isinstance(tmdb, SnapshotTmdbClient) and not Path(tmdb.snapshot_dir).is_dir():
+    snapshot = isinstance(tmdb, SnapshotTmdbClient)
+    if snapshot and not Path(tmdb.snapshot_dir).is_dir():
         raise Failure(
             f"No TMDB credentials (TMDB_READ_ACCESS_TOKEN or TMDB_API_KEY) and no TMDB snapshot folder at "
             f"{tmdb.snapshot_dir} (RCMD_TMDB_SNAPSHOT_DIR). Set one of them."
         )
+    # A snapshot that did not change gives the same details: keep them. The live client always asks
+    # (its cache answers what is fresh, TMDB_MAX_AGE_DAYS decides what is refreshed).
+    version = versioning.inputs_version(context, config=config, upstream=["movielens_links"],
+                                        extra=tmdb.fingerprint() if snapshot else context.run_id)
+    previous = versioning.unchanged_since(context, version, snapshot and versioning.value_is_stored(context))
+    if previous is not None:
+        return versioning.kept(context, version, previous)
     links = movielens_links.dropna(subset=["tmdbId"])
     items = list(zip(links["movieId"].astype(int), links["tmdbId"].astype(int), strict=True))
     if not items:
@@ -90,5 +101,4 @@ def tmdb_movie_info_kr(
         "with_overview": int((frame["overview"] != "").sum()),
         "in_a_series": int((frame["collection_id"] > 0).sum()),
     })
-    context.add_output_metadata(metadata)
-    return frame
+    return versioning.computed(frame, version, metadata, data_version=versioning.frame_digest(frame))

@@ -15,16 +15,18 @@ and the UI: the decision is made by each asset, from the instance's event log.
 
 import hashlib
 import json
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from dagster import AssetExecutionContext, AssetKey, DataVersion, MaterializeResult, MetadataValue, Output
+from dagster import AssetExecutionContext, AssetKey, BetaWarning, DataVersion, MaterializeResult, MetadataValue, Output
 from dagster._core.definitions.data_version import extract_data_version_from_entry
 
-from rcmd_pipeline.resources.local_state import KEEP
+from rcmd_pipeline.resources.local_state import KEEP, stored_value_path
 
 INPUTS_VERSION = "inputs_version"
 KEPT_FROM_RUN = "kept_from_run"
+DATA_VERSION = "__data_version"  # carried in memory only, never written as metadata
 
 
 def fingerprint(*parts: Any) -> str:
@@ -53,11 +55,16 @@ def inputs_version(context: AssetExecutionContext, *, config: Any = None, upstre
 
 
 def previous_materialization(context: AssetExecutionContext) -> tuple[str, dict[str, Any]] | None:
-    """(run id, metadata) of the latest materialization of the running asset, if any."""
+    """(run id, metadata) of the latest materialization of the running asset, if any; the metadata
+    also holds the data version it was given, under ``DATA_VERSION``."""
     event = context.instance.get_latest_materialization_event(context.asset_key)
     if event is None or event.asset_materialization is None:
         return None
-    return event.run_id, dict(event.asset_materialization.metadata)
+    metadata = dict(event.asset_materialization.metadata)
+    data_version = (event.asset_materialization.tags or {}).get("dagster/data_version")
+    if data_version:
+        metadata[DATA_VERSION] = data_version
+    return event.run_id, metadata
 
 
 def unchanged_since(context: AssetExecutionContext, version: str, still_there: bool = True
@@ -74,7 +81,7 @@ def unchanged_since(context: AssetExecutionContext, version: str, still_there: b
 
 def _carried(metadata: Mapping[str, Any]) -> dict[str, Any]:
     """Previous metadata worth repeating (numbers and tables), without the bookkeeping entries."""
-    return {k: v for k, v in metadata.items() if k not in (INPUTS_VERSION, KEPT_FROM_RUN)}
+    return {k: v for k, v in metadata.items() if k not in (INPUTS_VERSION, KEPT_FROM_RUN, DATA_VERSION)}
 
 
 def kept(context: AssetExecutionContext, version: str, previous: tuple[str, dict[str, Any]],
@@ -82,25 +89,53 @@ def kept(context: AssetExecutionContext, version: str, previous: tuple[str, dict
     """The output of an asset whose inputs did not change since ``previous``: the stored value is kept."""
     run_id, metadata = previous
     context.log.info(f"inputs unchanged since run {run_id} (inputs version {version}): kept the stored value")
-    return Output(value, data_version=DataVersion(version), metadata={
+    return _output(value, metadata.get(DATA_VERSION, version), {
         **_carried(metadata),
         INPUTS_VERSION: version,
         KEPT_FROM_RUN: MetadataValue.text(run_id),
     })
 
 
-def computed(value: Any, version: str, metadata: Mapping[str, Any] | None = None) -> Output:
-    """The output of an asset that did its work from inputs ``version``."""
-    return Output(value, data_version=DataVersion(version), metadata={**(metadata or {}), INPUTS_VERSION: version})
+def computed(value: Any, version: str, metadata: Mapping[str, Any] | None = None,
+             data_version: str | None = None) -> Output:
+    """The output of an asset that did its work from inputs ``version``. Its data version is
+    ``data_version`` (e.g. a hash of the content, so an unchanged result keeps everything downstream
+    up to date) or else the inputs version."""
+    return _output(value, data_version or version, {**(metadata or {}), INPUTS_VERSION: version})
+
+
+def _output(value: Any, data_version: str, metadata: Mapping[str, Any]) -> Output:
+    with warnings.catch_warnings():  # Output(data_version=...) is marked beta in Dagster 1.13
+        warnings.simplefilter("ignore", BetaWarning)
+        return Output(value, data_version=DataVersion(data_version), metadata=metadata)
 
 
 def kept_result(context: AssetExecutionContext, version: str, previous: tuple[str, dict[str, Any]]
                 ) -> MaterializeResult:
     """:func:`kept` for an asset without an IO-managed value (a table, a collection)."""
     output = kept(context, version, previous, value=None)
-    return MaterializeResult(metadata=output.metadata, data_version=output.data_version)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BetaWarning)
+        return MaterializeResult(metadata=output.metadata, data_version=output.data_version)
 
 
-def computed_result(version: str, metadata: Mapping[str, Any] | None = None) -> MaterializeResult:
+def computed_result(version: str, metadata: Mapping[str, Any] | None = None,
+                    data_version: str | None = None) -> MaterializeResult:
     """:func:`computed` for an asset without an IO-managed value."""
-    return MaterializeResult(metadata={**(metadata or {}), INPUTS_VERSION: version}, data_version=DataVersion(version))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BetaWarning)
+        return MaterializeResult(metadata={**(metadata or {}), INPUTS_VERSION: version},
+                                 data_version=DataVersion(data_version or version))
+
+
+def frame_digest(frame) -> str:
+    """A content hash of a DataFrame (values and column names), for a data version."""
+    import pandas as pd
+
+    hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    return fingerprint(list(frame.columns), hashlib.sha256(hashed.tobytes()).hexdigest())
+
+
+def value_is_stored(context: AssetExecutionContext) -> bool:
+    """Whether the running asset's value is still stored (needs the ``local_state`` resource)."""
+    return stored_value_path(context.resources.local_state.base_dir, context.asset_key.path) is not None

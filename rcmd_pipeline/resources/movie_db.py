@@ -495,6 +495,16 @@ class MovieDatabase(ConfigurableResource):
             frame = frame.sort_values("movie_id", key=lambda s: s.map(order)).reset_index(drop=True)
         return frame
 
+    def count_rows(self, name: str) -> int:
+        """How many rows ``movie`` or ``series`` holds; -1 when the table does not exist."""
+        tables = {"movie": movie, "series": series}
+        if name not in tables:
+            raise ValueError(f"unknown table {name!r}: expected one of {', '.join(tables)}")
+        with self._connect(f"Counting the rows of the {name} table") as conn:
+            if not inspect(conn).has_table(tables[name].name):
+                return -1
+            return int(conn.execute(select(func.count()).select_from(tables[name])).scalar_one())
+
     def read_table(self, name: str) -> pd.DataFrame:
         """Every row of ``movie`` or ``series`` (ordered by id); an empty frame if the table is missing.
 

@@ -44,8 +44,10 @@ Why the HTTP client looks the way it does (MovieLens 32M links about 87,000 TMDB
   not its value.
 """
 
+import hashlib
 import json
 import logging
+import os
 import random
 import re
 import threading
@@ -343,6 +345,17 @@ class SnapshotTmdbClient(TmdbClient):
     """
 
     snapshot_dir: str = Field(description="Folder of TMDB-shaped JSON bodies named <tmdbId>.json.")
+
+    def fingerprint(self) -> str:
+        """A hash of the snapshot folder's listing (each file's name, size and modification time):
+        it changes when any file is added, removed or rewritten. About 0.3 s for 84,000 files."""
+        digest = hashlib.sha256()
+        with os.scandir(self.snapshot_dir) as entries:
+            listing = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries
+                             if e.name.endswith(".json") and e.is_file())
+        for name, size, mtime in listing:
+            digest.update(f"{name}\0{size}\0{mtime}\n".encode())
+        return digest.hexdigest()[:24]
 
     def fetch_details(
         self, items: list[tuple[int, int]], cache_dir: str | Path, log=None
