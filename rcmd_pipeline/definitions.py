@@ -12,10 +12,16 @@ from dagster import (
     AssetSelection,
     DefaultScheduleStatus,
     Definitions,
+    ExecutorDefinition,
+    Field,
     ScheduleDefinition,
+    Selector,
     define_asset_job,
     load_assets_from_modules,
+    multi_or_in_process_executor,
+    multiple_process_executor_requirements,
 )
+from dagster._core.definitions.executor_definition import IN_PROC_CONFIG, MULTI_PROC_CONFIG
 
 from rcmd_pipeline import operations, settings
 from rcmd_pipeline.assets import catalog, embeddings, evaluation, movielens, tmdb
@@ -64,6 +70,32 @@ nightly_reembedding = ScheduleDefinition(
 )
 
 
+EXECUTOR_ENV = "RCMD_EXECUTOR"
+
+
+def executor_from_environment(environ=os.environ) -> ExecutorDefinition:
+    """Dagster's own in-process / multiprocess executor, with the default taken from ``RCMD_EXECUTOR``:
+    ``in_process`` (the default) runs every step of a run in one process, ``multiprocess`` starts a
+    process per step. A run can still choose either in its config (``execution: config: multiprocess:``).
+
+    In-process is the default because on the 2-core machines this project runs on, each step process
+    costs seconds and ~200 MB to start, most steps are short or skipped when their inputs did not
+    change, and the heavy steps gain nothing from running beside each other on 2 cores
+    (measurements in docs/benchmarks.md).
+    """
+    choice = (environ.get(EXECUTOR_ENV) or "in_process").strip()
+    if choice not in ("in_process", "multiprocess"):
+        raise ValueError(f"{EXECUTOR_ENV} must be 'in_process' or 'multiprocess', got {choice!r}")
+    return ExecutorDefinition(
+        name="rcmd_executor",
+        config_schema=Field(Selector({"multiprocess": MULTI_PROC_CONFIG, "in_process": IN_PROC_CONFIG}),
+                            default_value={choice: {}}),
+        requirements=lambda config: multiple_process_executor_requirements() if "multiprocess" in config else [],
+        executor_creation_fn=multi_or_in_process_executor.executor_creation_fn,
+        description=f"In-process or multiprocess (default {choice}, from {EXECUTOR_ENV}).",
+    )
+
+
 def build_resources(environ=os.environ) -> dict:
     """Resources for the current environment (see README: configuration by environment variable)."""
     data_dir = settings.data_dir()
@@ -85,4 +117,5 @@ defs = Definitions(
     schedules=[nightly_reembedding],
     sensors=[operations.run_failure_alert],
     resources=build_resources(),
+    executor=executor_from_environment(),
 )
