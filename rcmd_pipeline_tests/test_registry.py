@@ -11,6 +11,12 @@ from rcmd_pipeline.assets.strategies import strategy_checks
 from rcmd_pipeline.cli import build_parser
 from rcmd_pipeline.definitions import assets_for, defs
 from rcmd_pipeline.recommenders.base import PAD
+from rcmd_pipeline.recommenders.learned import (
+    NextMovieRecommender,
+    PopularityRecommender,
+    leakage_cutoff,
+    training_window,
+)
 from rcmd_pipeline.recommenders.registry import REGISTRY, Needs, QueryContext, Strategy, all_parts, by_name
 from rcmd_pipeline.serving import Recommendations
 from rcmd_pipeline_tests.conftest import embedded_resources, small_run_config
@@ -118,9 +124,6 @@ def test_stored_models_answer_exactly_like_freshly_built_ones(tmp_path, small_da
                          selection=["movielens_ratings", "eval_transitions", "popularity_model", "next_movie_model",
                                     "random_model"])
     assert result.success
-    from rcmd_pipeline.recommenders.learned import NextMovieRecommender, PopularityRecommender, leakage_cutoff
-    from rcmd_pipeline.recommenders.learned import training_window
-
     ratings = result.output_for_node("movielens_ratings")
     pairs = result.output_for_node("eval_transitions")
     users, movies, times = training_window(ratings["userId"], ratings["movieId"], ratings["timestamp"],
