@@ -116,8 +116,9 @@ class TreeSampler:
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
     def window(self, start: float, end: float, pid: int | None) -> dict:
-        """Peak RSS (MB) and CPU seconds of ``pid`` and its descendants (all when None) in [start, end]."""
-        peak, cpu_first, cpu_last, n = 0, None, None, 0
+        """Peak RSS (MB), RSS at the start (MB) and CPU seconds of ``pid`` and its descendants (all when
+        None) in [start, end]."""
+        peak, first, cpu_first, cpu_last, n = 0, None, None, None, 0
         for t, snap in self.samples:
             if t < start - self.interval or t > end + self.interval:
                 continue
@@ -125,11 +126,14 @@ class TreeSampler:
             if not pids:
                 continue
             n += 1
-            peak = max(peak, sum(snap[p][0] for p in pids))
+            rss = sum(snap[p][0] for p in pids)
+            peak = max(peak, rss)
+            first = rss if first is None else first
             cpu = sum(snap[p][1] for p in pids)
             cpu_first = cpu if cpu_first is None else cpu_first
             cpu_last = cpu
         return {"peak_rss_mb": round(peak / 2**20, 1) if n else None,
+                "start_rss_mb": round(first / 2**20, 1) if n else None,
                 "cpu_s": round(cpu_last - cpu_first, 2) if n > 1 else None, "samples": n}
 
 
@@ -259,16 +263,16 @@ def _error_text(error) -> str:
     return "\n  caused by ".join(parts)[:3000]
 
 
-def read_run(home: Path, result: RunResult, sampler: TreeSampler) -> None:
-    """Fill ``result`` from the newest run of the instance in ``home`` and the sampled tree."""
+def read_run(home: Path, result: RunResult, sampler: TreeSampler, since: float) -> None:
+    """Fill ``result`` from the run the command created (the newest, created after ``since``) and the tree."""
     from dagster import DagsterEventType, DagsterInstance
 
     with DagsterInstance.from_config(str(home)) as instance:
-        runs = instance.get_runs(limit=1)
-        if not runs:
-            result.failure = result.failure or "no run was recorded in DAGSTER_HOME (the command failed before it)"
+        records = instance.get_run_records(limit=1)
+        if not records or records[0].create_timestamp.timestamp() < since - 1:
+            result.failure = "the command recorded no run in DAGSTER_HOME (it failed before starting one)"
             return
-        run = runs[0]
+        run = records[0].dagster_run
         result.run_id, result.run_status = run.run_id, run.status.value
         logs = instance.all_logs(run.run_id)
     steps: dict[str, dict] = {}
@@ -322,6 +326,8 @@ def read_run(home: Path, result: RunResult, sampler: TreeSampler) -> None:
             step["wall_s"] = round(end - start, 2)
             step.update(sampler.window(start, end, step.get("pid")))
             step["in_run_process"] = step.get("pid") == result.run_pid
+            if step.get("peak_rss_mb") is not None:  # what the step added on top of what its process held
+                step["rss_growth_mb"] = round(step["peak_rss_mb"] - step["start_rss_mb"], 1)
             windows.append((start, end))
         if step.get("worker_starting") is not None and start is not None:
             step["process_start_s"] = round(start - step["worker_starting"], 2)
@@ -367,14 +373,15 @@ def run_dagster(kind: str, repeat: int, command: list[str], env: dict, home: Pat
     result.texts_embedded = after["inputs"] - before["inputs"]
     result.embedding_requests = after["requests"] - before["requests"]
     try:
-        read_run(home, result, sampler)
+        read_run(home, result, sampler, started)
     except Exception as exc:  # the figures of a broken instance are lost, not the benchmark
         result.failure = (result.failure or "") + f" (reading the event log failed: {type(exc).__name__}: {exc})"
     if result.timed_out:
         result.failure = f"timed out after {timeout:.0f} s and was killed; " + (result.failure or "")
-    elif result.exit_code != 0 and not result.failure:
+    elif result.exit_code != 0 and (not result.failure or result.run_id is None):
         tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
-        result.failure = f"exit code {result.exit_code}; log tail: " + " | ".join(tail)
+        result.failure = (result.failure + "; " if result.failure else "") + \
+            f"exit code {result.exit_code}; log tail: " + " | ".join(tail)
     return result
 
 
@@ -399,28 +406,40 @@ def print_table(results: list[RunResult], kinds: list[str]) -> str:
     head = "| step | " + " | ".join(f"{k} s | {k} MB" for k in kinds) + " |"
     lines = [head, "|---|" + "---:|---:|" * len(kinds)]
 
-    def row(label: str, get_s, get_mb) -> None:
+    def row(label: str, get_s, get_mb, get_growth=lambda r: None) -> None:
         cells = []
         for k in kinds:
             rs = by_kind[k]
-            cells += [_cell([get_s(r) for r in rs], ".1f"), _cell([get_mb(r) for r in rs], ",.0f")]
+            mb = _cell([get_mb(r) for r in rs], ",.0f")
+            growth = _cell([get_growth(r) for r in rs], "+,.0f")
+            cells += [_cell([get_s(r) for r in rs], ".1f"), mb if growth == "—" else f"{mb} ({growth})"]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
 
     def step_of(r: RunResult, name: str) -> dict:
         return next((s for s in r.steps if s["step"] == name), {})
 
     row("**command (what a user waits)**", lambda r: r.command_wall_s, lambda r: r.tree_peak_rss_mb)
+    row("CPU s of the whole tree (s column)", lambda r: r.tree_cpu_s, lambda r: None)
     row("run (RUN_START → end)", lambda r: r.run_wall_s, lambda r: None)
     row("outside steps (process starts, gaps)", lambda r: r.outside_steps_s, lambda r: None)
     for name in order:
         row(f"`{name}`", lambda r, n=name: step_of(r, n).get("wall_s"),
-            lambda r, n=name: step_of(r, n).get("peak_rss_mb"))
+            lambda r, n=name: step_of(r, n).get("peak_rss_mb"),
+            lambda r, n=name: step_of(r, n).get("rss_growth_mb") if step_of(r, n).get("in_run_process") else None)
     text = "\n".join(lines)
     print(text)
+    print("(MB: peak RSS of the step's process; for a step run inside the run's process (in-process executor) the "
+          "growth over its window follows in parentheses, since the peak includes what earlier steps left.)")
     for k in kinds:
         for r in by_kind[k]:
             status = "ok" if r.ok else f"FAILED:\n    {r.failure}\n "
-            print(f"{k} #{r.repeat}: {status}; {r.texts_embedded} texts in {r.embedding_requests} embedding requests"
+            timed = [s for s in r.steps if "wall_s" in s]
+            own = sum(1 for s in timed if not s.get("in_run_process"))
+            starts = [s["process_start_s"] for s in timed if "process_start_s" in s]
+            where = (f"{own} of {len(timed)} steps in a process of their own"
+                     + (f" (median {statistics.median(starts):.1f} s from launch to STEP_START)" if starts else ""))
+            print(f"{k} #{r.repeat}: {status}; {where}; {r.texts_embedded} texts in {r.embedding_requests} "
+                  "embedding requests"
                   + (f"; {r.overviews_changed} overviews changed before it" if r.overviews_changed is not None else "")
                   + (f"; failed checks: {', '.join(c['check'] for c in r.failed_checks)}" if r.failed_checks else "")
                   + f"; log {r.log}")
@@ -539,6 +558,7 @@ def main(argv: list[str] | None = None) -> int:
                   "dimension": args.dimension, "runs": kinds, "repeat": args.repeat,
                   "change_overviews": args.change_overviews, "environment": shown_env,
                   "commands": {k: " ".join(v[1:]) for k, v in commands.items() if k in kinds},
+                  "dagster_yaml": (ROOT / ".dagster_home" / "dagster.yaml").read_text(),
                   "started_utc": stamp, "results": [r.__dict__ for r in results]}
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(record, indent=1, ensure_ascii=False, default=str))
