@@ -205,6 +205,24 @@ def content_version(value: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def load_embeddings(base_dir: str | Path) -> dict[str, np.ndarray]:
+    """The stored embeddings value (as :func:`embeddings_value`) read straight from ``RCMD_DATA_DIR``:
+    for a consumer that decides first whether it needs it at all. A value stored by an older version
+    (Parquet with a list column) is converted."""
+    from rcmd_pipeline.resources.local_state import stored_value_path
+
+    path = stored_value_path(base_dir, ["movie_overview_embeddings"])
+    if path is None:
+        raise FileNotFoundError(f"No stored value for asset movie_overview_embeddings under {base_dir}; "
+                                "materialize it first (RCMD_DATA_DIR decides where values are kept).")
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as arrays:
+            return {name: arrays[name] for name in arrays.files}
+    table = pq.read_table(path)
+    return embeddings_value(table.column("movieId").to_numpy(), table.column("text_hash").to_pylist(),
+                            table_vectors(table))
+
+
 def frame_vectors(frame: pd.DataFrame | Mapping[str, np.ndarray]) -> np.ndarray:
     """The vectors of an embeddings value as one (n, d) float32 array (no copy for the dict form)."""
     if isinstance(frame, Mapping):

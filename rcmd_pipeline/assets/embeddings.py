@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from dagster import AssetExecutionContext, Config, DataVersion, MaterializeResult, MetadataValue, Output, asset
 from pydantic import Field
 
@@ -37,6 +38,7 @@ from rcmd_pipeline.embeddings import (
     embedding_text,
     embeddings_value,
     frame_vectors,
+    load_embeddings,
 )
 from rcmd_pipeline.resources.embedder import Embedder
 from rcmd_pipeline.resources.local_state import LocalStateDir, stored_value_path
@@ -130,6 +132,15 @@ class VectorsConfig(Config):
     )
 
 
+def _details(base_dir: str) -> pd.DataFrame:
+    """The TMDB details columns a payload needs, read from the stored ``tmdb_movie_info_kr``."""
+    path = stored_value_path(base_dir, ["tmdb_movie_info_kr"])
+    if path is None or path.suffix != ".parquet":
+        raise FileNotFoundError(f"No stored value for asset tmdb_movie_info_kr under {base_dir}; materialize it "
+                                "first (RCMD_DATA_DIR decides where values are kept).")
+    return pq.read_table(path, columns=["movieId", "title", "release_date", "collection_id"]).to_pandas()
+
+
 def movie_payloads(ids: np.ndarray, details: pd.DataFrame) -> list[dict]:
     """The payload of each id (title, series_id, release year), looked up in one vectorised step."""
     position = pd.Index(details["movieId"].astype("int64")).get_indexer(ids)
@@ -145,14 +156,14 @@ def movie_payloads(ids: np.ndarray, details: pd.DataFrame) -> list[dict]:
             for t, s, y in zip(titles, series, years, strict=True)]
 
 
-@asset(group_name=GROUP, kinds={"qdrant"}, code_version=VECTORS_CODE_VERSION)
+@asset(group_name=GROUP, kinds={"qdrant"}, code_version=VECTORS_CODE_VERSION,
+       deps=["movie_overview_embeddings", "tmdb_movie_info_kr"])
 def movie_vectors(
     context: AssetExecutionContext,
     config: VectorsConfig,
     vector_store: VectorStore,
     embedder: Embedder,
-    movie_overview_embeddings: dict,
-    tmdb_movie_info_kr: pd.DataFrame,
+    local_state: LocalStateDir,
 ) -> MaterializeResult:
     """The Qdrant collection ``movie_emb_kr`` (``RCMD_QDRANT_COLLECTION``): id = MovieLens movieId,
     the overview vector, cosine distance, payload title / series_id / release year.
@@ -163,6 +174,9 @@ def movie_vectors(
     ``max_changed_share`` of the points did. Every new generation is switched into service only
     when complete (a Qdrant alias on a server, the CURRENT pointer of the embedded engine), so a
     reader never sees a half-filled or mixed-model index.
+
+    Its inputs (the embeddings, four columns of the TMDB details) are read only once it is known
+    that they are needed: an unchanged night reads neither the 0.5 GB of vectors nor the overviews.
     """
     collection = settings.qdrant_collection()
     model = embedder.model_id()
@@ -182,9 +196,10 @@ def movie_vectors(
                     **kept_now.metadata, "action": "kept", "upserted": 0, "deleted": 0,
                     "reason": f"inputs unchanged since run {previous[0]}; the store serves that generation",
                     "seconds": MetadataValue.float(round(time.perf_counter() - started, 2))})
-        ids = np.asarray(movie_overview_embeddings["movieId"], dtype=np.int64)
-        vectors = frame_vectors(movie_overview_embeddings)
-        payloads = movie_payloads(ids, tmdb_movie_info_kr)
+        embeddings = load_embeddings(local_state.base_dir)
+        ids = np.asarray(embeddings["movieId"], dtype=np.int64)
+        vectors = frame_vectors(embeddings)
+        payloads = movie_payloads(ids, _details(local_state.base_dir))
         prepared = time.perf_counter() - started
         if config.rebuild:
             stats = {**session.rebuild(collection, ids, vectors, payloads, model=model),
