@@ -29,6 +29,7 @@ from rcmd_pipeline.assets.checks import all_checks
 from rcmd_pipeline.assets.strategies import strategy_assets
 from rcmd_pipeline.recommenders.registry import REGISTRY, Strategy
 from rcmd_pipeline.resources.embedder import embedder_from_environment
+from rcmd_pipeline.resources.lazy_input import LAZY, LazyInputManager
 from rcmd_pipeline.resources.local_state import LocalStateDir, LocalStateIOManager
 from rcmd_pipeline.resources.movie_db import movie_database_from_environment
 from rcmd_pipeline.resources.movielens import MovieLensFiles
@@ -101,6 +102,7 @@ def build_resources(environ=os.environ) -> dict:
     data_dir = settings.data_dir()
     return {
         "io_manager": LocalStateIOManager(base_dir=str(data_dir)),
+        LAZY: LazyInputManager(base_dir=str(data_dir)),
         "local_state": LocalStateDir(base_dir=str(data_dir)),
         "movielens": MovieLensFiles(path=str(settings.dataset_path())),
         "tmdb": tmdb_client_from_environment(environ, settings.tmdb_snapshot_dir()),

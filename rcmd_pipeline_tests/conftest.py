@@ -12,6 +12,7 @@ from dagster import materialize
 from rcmd_pipeline.assets.checks import all_checks
 from rcmd_pipeline.definitions import all_assets
 from rcmd_pipeline.resources.embedder import LocalE5Embedder
+from rcmd_pipeline.resources.lazy_input import LAZY, LazyInputManager
 from rcmd_pipeline.resources.local_state import LocalStateDir, LocalStateIOManager
 from rcmd_pipeline.resources.movie_db import MovieDatabase
 from rcmd_pipeline.resources.movielens import MovieLensFiles
@@ -79,6 +80,7 @@ def embedded_resources(dataset: Path, data_dir: Path, database_url: str | None =
     data_dir.mkdir(parents=True, exist_ok=True)
     return {
         "io_manager": LocalStateIOManager(base_dir=str(data_dir)),
+        LAZY: LazyInputManager(base_dir=str(data_dir)),
         "local_state": LocalStateDir(base_dir=str(data_dir)),
         "movielens": MovieLensFiles(path=str(dataset)),
         "tmdb": SnapshotTmdbClient(snapshot_dir=str(dataset / "tmdb" / "ko-KR")),

@@ -6,23 +6,24 @@
 
 from datetime import datetime, timezone
 
-import pandas as pd
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetIn, MaterializeResult, MetadataValue, asset
 
 from rcmd_pipeline.assets import versioning
 from rcmd_pipeline.catalog import carry_regtime, movie_rows, series_rows
+from rcmd_pipeline.resources.lazy_input import LAZY, LazyValue
 from rcmd_pipeline.resources.movie_db import MovieDatabase
 
 GROUP = "catalog"
+LAZY_DETAILS = AssetIn(input_manager_key=LAZY)
 
 
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
 
 
-@asset(group_name=GROUP, kinds={"sql", "oracle", "sqlite"})
+@asset(group_name=GROUP, kinds={"sql", "oracle", "sqlite"}, ins={"tmdb_movie_info_kr": LAZY_DETAILS})
 def movie_table(
-    context: AssetExecutionContext, movie_db: MovieDatabase, tmdb_movie_info_kr: pd.DataFrame
+    context: AssetExecutionContext, movie_db: MovieDatabase, tmdb_movie_info_kr: LazyValue
 ) -> MaterializeResult:
     """The study's ``movie`` table: one row per MovieLens movie with Korean TMDB details.
 
@@ -35,6 +36,7 @@ def movie_table(
     previous = versioning.unchanged_since(context, version, movie_db.count_rows("movie") > 0)
     if previous is not None:
         return versioning.kept_result(context, version, previous)
+    tmdb_movie_info_kr = tmdb_movie_info_kr.load()
     movie_db.create_tables()
     rows = carry_regtime(movie_rows(tmdb_movie_info_kr, _now()), movie_db.read_table("movie"), "movie_id")
     loaded = movie_db.replace_movies(rows)
@@ -46,15 +48,16 @@ def movie_table(
     })
 
 
-@asset(group_name=GROUP, kinds={"sql", "oracle", "sqlite"})
+@asset(group_name=GROUP, kinds={"sql", "oracle", "sqlite"}, ins={"tmdb_movie_info_kr": LAZY_DETAILS})
 def series_table(
-    context: AssetExecutionContext, movie_db: MovieDatabase, tmdb_movie_info_kr: pd.DataFrame
+    context: AssetExecutionContext, movie_db: MovieDatabase, tmdb_movie_info_kr: LazyValue
 ) -> MaterializeResult:
     """The study's ``series`` table: one row per TMDB collection (series) some movie belongs to."""
     version = versioning.inputs_version(context, upstream=["tmdb_movie_info_kr"], extra=movie_db.masked_url)
     previous = versioning.unchanged_since(context, version, movie_db.count_rows("series") >= 0)
     if previous is not None:
         return versioning.kept_result(context, version, previous)
+    tmdb_movie_info_kr = tmdb_movie_info_kr.load()
     movie_db.create_tables()
     rows = carry_regtime(series_rows(tmdb_movie_info_kr, _now()), movie_db.read_table("series"), "series_id")
     loaded = movie_db.replace_series(rows)

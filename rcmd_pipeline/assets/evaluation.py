@@ -21,6 +21,7 @@ from rcmd_pipeline.assets.strategies import hit_ratio_key, model_key, stored_mod
 from rcmd_pipeline.evaluation import TransitionSettings, build_eval_transitions
 from rcmd_pipeline.evaluation.report import compare_to_best, leaderboard_markdown, strategy_report
 from rcmd_pipeline.recommenders.registry import REGISTRY, Strategy
+from rcmd_pipeline.resources.lazy_input import LAZY, LazyValue
 from rcmd_pipeline.resources.local_state import LocalStateDir
 from rcmd_pipeline.resources.vector_store import VectorStore
 
@@ -39,11 +40,12 @@ class EvalTransitionsConfig(Config):
 @asset(
     group_name=GROUP,
     kinds={"pandas", "parquet"},
-    ins={"movielens_ratings": AssetIn(metadata={"columns": ["userId", "movieId", "timestamp"]})},
+    ins={"movielens_ratings": AssetIn(metadata={"columns": ["userId", "movieId", "timestamp"]},
+                                      input_manager_key=LAZY)},
 )
 def eval_transitions(
     context: AssetExecutionContext, config: EvalTransitionsConfig, local_state: LocalStateDir,
-    movielens_ratings: pd.DataFrame,
+    movielens_ratings: LazyValue,
 ) -> Output:
     """The most recent "previous movie → next movie" pairs users actually watched (the study's test set).
 
@@ -56,6 +58,7 @@ def eval_transitions(
     if previous is not None:
         return versioning.kept(context, version, previous)
     settings = TransitionSettings(min_movie_ratings=config.min_movie_ratings, eval_size=config.eval_size)
+    movielens_ratings = movielens_ratings.load()
     pairs = build_eval_transitions(
         movielens_ratings["userId"].to_numpy(),
         movielens_ratings["movieId"].to_numpy(),
@@ -81,10 +84,10 @@ def build_leaderboard(registry: Sequence[Strategy] = REGISTRY):
         group_name=GROUP,
         kinds={"python", "pandas"},
         ins={
-            **{hit_ratio_key(s.name): AssetIn() for s in registry},
-            "eval_transitions": AssetIn(),
-            "tmdb_movie_info_kr": AssetIn(),
-            "movielens_ratings": AssetIn(metadata={"columns": ["movieId", "timestamp"]}),
+            **{hit_ratio_key(s.name): AssetIn(input_manager_key=LAZY) for s in registry},
+            "eval_transitions": AssetIn(input_manager_key=LAZY),
+            "tmdb_movie_info_kr": AssetIn(input_manager_key=LAZY),
+            "movielens_ratings": AssetIn(metadata={"columns": ["movieId", "timestamp"]}, input_manager_key=LAZY),
         },
         required_resource_keys={"local_state"},
     )
@@ -100,6 +103,7 @@ def build_leaderboard(registry: Sequence[Strategy] = REGISTRY):
         previous = versioning.unchanged_since(context, version, versioning.value_is_stored(context))
         if previous is not None:
             return versioning.kept(context, version, previous)
+        inputs = {name: value.load() for name, value in inputs.items()}
         pairs, details, ratings = inputs["eval_transitions"], inputs["tmdb_movie_info_kr"], inputs["movielens_ratings"]
         scores = [inputs[hit_ratio_key(s.name)] for s in registry]
         actual = pairs["movieId"].to_numpy()
@@ -157,14 +161,15 @@ def build_sample_recommendations(registry: Sequence[Strategy] = REGISTRY):
         group_name=GROUP,
         kinds={"python", "pandas", "qdrant"},
         deps=["movie_vectors"],
-        ins={model_key(s.name): AssetIn() for s in registry},
+        ins={"tmdb_movie_info_kr": AssetIn(input_manager_key=LAZY),
+             **{model_key(s.name): AssetIn(input_manager_key=LAZY) for s in registry}},
     )
     def sample_recommendations(
         context: AssetExecutionContext,
         config: SampleConfig,
         vector_store: VectorStore,
         local_state: LocalStateDir,
-        tmdb_movie_info_kr: pd.DataFrame,
+        tmdb_movie_info_kr: LazyValue,
         **models,
     ) -> Output:
         """Every strategy's picks for a few well-known movies, with Korean title and year: the study's
@@ -176,7 +181,7 @@ def build_sample_recommendations(registry: Sequence[Strategy] = REGISTRY):
         if previous is not None:
             return versioning.kept(context, version, previous)
         collection = settings.qdrant_collection()
-        details = tmdb_movie_info_kr.set_index("movieId")
+        details = tmdb_movie_info_kr.load().set_index("movieId")
         queries = np.array(config.movie_ids, dtype=np.int64)
         unknown = [int(m) for m in queries if m not in details.index]
         if unknown:

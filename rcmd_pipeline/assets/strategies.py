@@ -48,6 +48,7 @@ from rcmd_pipeline.recommenders.registry import (
     by_name,
     needs_of,
 )
+from rcmd_pipeline.resources.lazy_input import LAZY, LazyValue
 
 MODEL_GROUP = "models"
 EVALUATION_GROUP = "evaluation"
@@ -101,10 +102,10 @@ def build_model_asset(strategy: Strategy, registry: Sequence[Strategy]) -> Asset
     needs = strategy.needs
     ins: dict[str, AssetIn] = {}
     if Needs.TRAINING in needs:
-        ins["movielens_ratings"] = AssetIn(metadata={"columns": TRAINING_COLUMNS})
-        ins["eval_transitions"] = AssetIn(metadata={"columns": ["timestamp"]})
+        ins["movielens_ratings"] = AssetIn(metadata={"columns": TRAINING_COLUMNS}, input_manager_key=LAZY)
+        ins["eval_transitions"] = AssetIn(metadata={"columns": ["timestamp"]}, input_manager_key=LAZY)
     elif Needs.CATALOG_IDS in needs:
-        ins["movielens_ratings"] = AssetIn(metadata={"columns": ["movieId"]})
+        ins["movielens_ratings"] = AssetIn(metadata={"columns": ["movieId"]}, input_manager_key=LAZY)
     deps = [model_key(part) for part in strategy.parts]
     if Needs.SERIES in needs:
         deps.append("movie_table")
@@ -121,12 +122,12 @@ def build_model_asset(strategy: Strategy, registry: Sequence[Strategy]) -> Asset
             return versioning.kept(context, version, previous)
         started = time.perf_counter()
         metadata: dict = {}
-        ratings = inputs.get("movielens_ratings")
+        ratings = inputs["movielens_ratings"].load() if "movielens_ratings" in inputs else None
         catalog_ids = training = series_catalog = None
         if Needs.CATALOG_IDS in needs:
             catalog_ids = ratings["movieId"].unique()
         if Needs.TRAINING in needs:
-            cutoff = leakage_cutoff(inputs["eval_transitions"])
+            cutoff = leakage_cutoff(inputs["eval_transitions"].load())
             users, movies, times = training_window(ratings["userId"].to_numpy(), ratings["movieId"].to_numpy(),
                                                    ratings["timestamp"].to_numpy(), cutoff)
             training = TrainingWindow(users, movies, times, cutoff)
@@ -161,7 +162,8 @@ def build_hit_ratio_asset(strategy: Strategy, registry: Sequence[Strategy]) -> A
     parts = all_parts(strategy, registry)
     needs = needs_of(strategy, registry)
     models = [model_key(strategy.name)] + [model_key(part) for part in parts]
-    ins = {"eval_transitions": AssetIn(), **{name: AssetIn() for name in models}}
+    ins = {"eval_transitions": AssetIn(input_manager_key=LAZY),
+           **{name: AssetIn(input_manager_key=LAZY) for name in models}}
     deps = ["movie_vectors"] if Needs.VECTORS in needs else []
     resources = {"local_state"} | ({"vector_store"} if Needs.VECTORS in needs else set())
 
@@ -180,11 +182,11 @@ def build_hit_ratio_asset(strategy: Strategy, registry: Sequence[Strategy]) -> A
                     return session.neighbours(collection, ids, k)
             started = time.perf_counter()
             recommender = strategy.recommender(
-                inputs[model_key(strategy.name)],
+                inputs[model_key(strategy.name)].load(),
                 QueryContext(seed=config.seed, neighbours=neighbours,
-                             parts={part: inputs[model_key(part)] for part in parts}))
+                             parts={part: inputs[model_key(part)].load() for part in parts}))
             setup = time.perf_counter() - started
-            score = score_strategy(context, recommender, inputs["eval_transitions"], config.k, setup)
+            score = score_strategy(context, recommender, inputs["eval_transitions"].load(), config.k, setup)
         return versioning.computed(score, version)
 
     study = (f" The study measured {strategy.study_hit_ratio:.4f} on MovieLens 32M."
@@ -274,7 +276,9 @@ def study_figures(registry: Sequence[Strategy] = REGISTRY) -> dict[str, float]:
 
 
 def stored_models_loader(loaded: dict[str, dict], registry: Sequence[Strategy], seed: int, neighbours):
-    """``name -> recommender`` for every strategy whose model (and parts) are in ``loaded``."""
+    """``name -> recommender`` for every strategy whose model (and parts) are in ``loaded``
+    (states, or :class:`LazyValue` s of them)."""
+    loaded = {name: value.load() if isinstance(value, LazyValue) else value for name, value in loaded.items()}
     out = {}
     for strategy in registry:
         parts = all_parts(strategy, registry)

@@ -64,7 +64,7 @@ def tmdb_movie_info_kr(
     # A snapshot that did not change gives the same details: keep them. The live client always asks
     # (its cache answers what is fresh, TMDB_MAX_AGE_DAYS decides what is refreshed).
     version = versioning.inputs_version(context, config=config, upstream=["movielens_links"],
-                                        extra=tmdb.fingerprint() if snapshot else context.run_id)
+                                        extra=tmdb.fingerprint() if snapshot else context.run.run_id)
     previous = versioning.unchanged_since(context, version, snapshot and versioning.value_is_stored(context))
     if previous is not None:
         return versioning.kept(context, version, previous)

@@ -67,9 +67,11 @@ def training_window(users, movies, times, cutoff: int) -> tuple[np.ndarray, ...]
     This is the ONLY data a learned strategy may see (see the module docstring: anything at or
     after the earliest evaluation pair would leak the answers into the model). Order is kept.
     """
-    users, movies, times = _columns(users, movies, times)
-    keep = times < int(cutoff)
-    return users[keep], movies[keep], times[keep]
+    users, movies, times = (np.asarray(x).ravel() for x in (users, movies, times))
+    if not (len(users) == len(movies) == len(times)):
+        _columns(users, movies, times)  # raises with the lengths
+    keep = times < int(cutoff)  # filter first, widen after: at 32 M ratings this saves a gigabyte
+    return _columns(users[keep], movies[keep], times[keep])
 
 
 # --------------------------------------------------------------------------------------------
