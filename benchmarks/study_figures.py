@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -156,6 +157,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     compare = json.loads(args.compare.read_text()) if args.compare else None
 
+    # A SIGTERM still removes the temporary instance and state (the dagster child shares our process group).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="study_figures_"))
     try:
         dagster_home, data_dir = work / "dagster_home", work / "state"
