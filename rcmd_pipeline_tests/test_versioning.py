@@ -68,3 +68,15 @@ def test_new_run_config_recomputes_the_evaluation_set(tmp_path, small_dataset):
     kept = _kept(second)
     assert kept == {"eval_transitions": False, "random_model": True, "hit_ratio_random": False}
     assert second.output_for_node("hit_ratio_random")["n"] == 40
+
+
+def test_changed_code_recomputes_instead_of_keeping(tmp_path, small_dataset, monkeypatch):
+    from rcmd_pipeline.assets import versioning
+
+    instance = DagsterInstance.ephemeral()
+    selection = ["movielens_ratings", "eval_transitions", "random_model", "hit_ratio_random"]
+    materialize_all(small_dataset, tmp_path, small_run_config(), instance=instance, selection=selection)
+    monkeypatch.setattr(versioning, "package_version", lambda: "a new release of the code")
+    second = materialize_all(small_dataset, tmp_path, small_run_config(), instance=instance, selection=selection)
+    kept = _kept(second)
+    assert {name: kept[name] for name in selection} == {name: False for name in selection}
