@@ -103,6 +103,8 @@ def kept(context: AssetExecutionContext, version: str, previous: tuple[str, dict
          value: Any = KEEP) -> Output:
     """The output of an asset whose inputs did not change since ``previous``: the stored value is kept."""
     run_id, metadata = previous
+    origin = metadata.get(KEPT_FROM_RUN)  # a value kept over several runs names the run that computed it
+    run_id = getattr(origin, "value", origin) or run_id
     context.log.info(f"inputs unchanged since run {run_id} (inputs version {version}): kept the stored value")
     return _output(value, metadata.get(DATA_VERSION, version), {
         **_carried(metadata),
