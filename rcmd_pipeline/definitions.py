@@ -100,15 +100,16 @@ def executor_from_environment(environ=os.environ) -> ExecutorDefinition:
 def build_resources(environ=os.environ) -> dict:
     """Resources for the current environment (see README: configuration by environment variable)."""
     data_dir = settings.data_dir()
+    local_dir = settings.local_dir(environ)  # data_dir when local; for the embedded vector store and SQLite
     return {
         "io_manager": LocalStateIOManager(base_dir=str(data_dir)),
         LAZY: LazyInputManager(base_dir=str(data_dir)),
         "local_state": LocalStateDir(base_dir=str(data_dir)),
         "movielens": MovieLensFiles(path=str(settings.dataset_path())),
         "tmdb": tmdb_client_from_environment(environ, settings.tmdb_snapshot_dir()),
-        "movie_db": movie_database_from_environment(environ, data_dir),
+        "movie_db": movie_database_from_environment(environ, local_dir),
         "embedder": embedder_from_environment(environ),
-        "vector_store": vector_store_from_environment(environ, data_dir),
+        "vector_store": vector_store_from_environment(environ, local_dir),
     }
 
 

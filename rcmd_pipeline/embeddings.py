@@ -29,7 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rcmd_pipeline.resources.local_state import atomic_write
+from rcmd_pipeline import storage
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SPACE = re.compile(r"\s+")
@@ -71,19 +71,19 @@ def table_vectors(table: pa.Table) -> np.ndarray:
 
 
 class EmbeddingCache:
-    """Vectors by text hash in ``<folder>/part-*.parquet``; one part per embedded chunk."""
+    """Vectors by text hash in ``<folder>/part-*.parquet``; one part per embedded chunk. ``folder``
+    may be an object-store prefix (``rcmd_pipeline.storage``): each part is then one object."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+    def __init__(self, folder: str | Path | storage.StatePath) -> None:
+        self.folder = storage.folder(storage.state_path(folder))
 
-    def _parts(self) -> list[Path]:
-        return sorted(self.folder.glob("part-*.parquet"))
+    def _parts(self) -> list[storage.StatePath]:
+        return storage.listing(self.folder, "part-*.parquet")
 
     def load(self) -> dict[str, np.ndarray]:
         cached: dict[str, np.ndarray] = {}
         for part in self._parts():
-            table = pq.read_table(part)
+            table = storage.read_parquet(part)
             for key, vector in zip(table.column("text_hash").to_pylist(), table_vectors(table), strict=True):
                 cached[key] = vector
         return cached
@@ -93,14 +93,14 @@ class EmbeddingCache:
         if keys:
             table = vectors_table(keys, vectors)
             path = self.folder / f"part-{uuid.uuid4().hex}.parquet"
-            atomic_write(path, lambda p: pq.write_table(table, p))
+            storage.atomic_write(path, lambda p: pq.write_table(table, p))
 
     def compact(self, keep: dict[str, np.ndarray]) -> None:
         """Rewrite the cache as one part holding exactly ``keep`` (drops vectors no longer used)."""
         old = self._parts()
         self.append(list(keep), np.stack(list(keep.values())) if keep else np.zeros((0, 0), np.float32))
         for part in old:
-            part.unlink(missing_ok=True)
+            storage.remove(part)
 
     def parts(self) -> int:
         return len(self._parts())
@@ -216,9 +216,8 @@ def load_embeddings(base_dir: str | Path) -> dict[str, np.ndarray]:
         raise FileNotFoundError(f"No stored value for asset movie_overview_embeddings under {base_dir}; "
                                 "materialize it first (RCMD_DATA_DIR decides where values are kept).")
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as arrays:
-            return {name: arrays[name] for name in arrays.files}
-    table = pq.read_table(path)
+        return storage.load_npz(path)
+    table = storage.read_parquet(path)
     return embeddings_value(table.column("movieId").to_numpy(), table.column("text_hash").to_pylist(),
                             table_vectors(table))
 

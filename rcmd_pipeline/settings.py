@@ -8,14 +8,21 @@
 - ``RCMD_DATA_DIR``: folder for every piece of local state the pipeline writes (asset values,
   caches, SQLite files, the embedded vector store). Unset: ``data/state/demo`` for the demo data
   set, or ``data/state/<folder name>-<hash of its path>`` for any other data set, so that a run on
-  other data never touches the demo's state.
+  other data never touches the demo's state. May be an object-store URL (``s3://bucket/prefix``,
+  see ``rcmd_pipeline.storage``): asset values and the TMDB and embedding caches then live there.
+- ``RCMD_LOCAL_DIR``: the folder for what cannot live in an object store, used only when
+  ``RCMD_DATA_DIR`` is a URL: the embedded vector store and the SQLite file (when ``QDRANT_URL`` /
+  ``RCMD_DATABASE_URL`` are unset). Unset: ``data/state/remote-<hash of the URL>``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
+
+from rcmd_pipeline import storage
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEMO_DATASET_DIR = PROJECT_ROOT / "data" / "demo"
@@ -25,6 +32,7 @@ DATASET_ENV = "RCMD_DATASET_PATH"
 DATA_DIR_ENV = "RCMD_DATA_DIR"
 TMDB_SNAPSHOT_ENV = "RCMD_TMDB_SNAPSHOT_DIR"
 COLLECTION_ENV = "RCMD_QDRANT_COLLECTION"
+LOCAL_DIR_ENV = "RCMD_LOCAL_DIR"
 
 
 def dataset_path() -> Path:
@@ -33,16 +41,39 @@ def dataset_path() -> Path:
     return Path(value).expanduser() if value else DEMO_DATASET_DIR
 
 
-def data_dir() -> Path:
-    """The folder for local state (see the module docstring); not created here."""
+def data_dir() -> storage.StatePath:
+    """The folder (a ``Path``) or object-store prefix (a ``UPath``) for the pipeline's state (see the
+    module docstring); not created here."""
     value = os.environ.get(DATA_DIR_ENV, "").strip()
     if value:
-        return Path(value).expanduser()
+        return storage.state_path(value)
     dataset = dataset_path()
     if dataset.resolve() == DEMO_DATASET_DIR.resolve():
         return STATE_ROOT / "demo"
     digest = hashlib.sha256(str(dataset.resolve()).encode()).hexdigest()[:8]
     return STATE_ROOT / f"{dataset.resolve().name or 'dataset'}-{digest}"
+
+
+def local_dir(environ=os.environ) -> Path:
+    """The local folder for the embedded vector store and the SQLite file: ``data_dir()`` itself when
+    it is local, else ``RCMD_LOCAL_DIR`` (default ``data/state/remote-<hash of the URL>``). With a URL
+    data dir and no ``QDRANT_URL`` / ``RCMD_DATABASE_URL``, warns that those stay on this machine."""
+    state = data_dir()
+    if not storage.is_remote(state):
+        return state
+    value = (environ.get(LOCAL_DIR_ENV) or "").strip()
+    folder = Path(value).expanduser() if value else \
+        STATE_ROOT / f"remote-{hashlib.sha256(str(state).encode()).hexdigest()[:8]}"
+    missing = [name for name in ("QDRANT_URL", "RCMD_DATABASE_URL") if not (environ.get(name) or "").strip()]
+    if missing:
+        local = [what for name, what in (("QDRANT_URL", "the embedded vector store"),
+                                         ("RCMD_DATABASE_URL", "the SQLite database")) if name in missing]
+        logging.getLogger("rcmd_pipeline").warning(
+            f"{DATA_DIR_ENV} is an object store but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+            f"unset: {' and '.join(local)} stay in {folder} ({LOCAL_DIR_ENV}), on this machine only. On more than "
+            "one machine (a Kubernetes or Docker run launcher) point QDRANT_URL at a Qdrant server and "
+            "RCMD_DATABASE_URL at a database server.")
+    return folder
 
 
 def tmdb_snapshot_dir() -> Path:

@@ -4,8 +4,6 @@
 # real annotations.
 """
 
-from pathlib import Path
-
 import pandas as pd
 from dagster import (
     AssetCheckExecutionContext,
@@ -18,6 +16,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from rcmd_pipeline import storage
 from rcmd_pipeline.assets.strategies import beats_random, strategy_checks  # noqa: F401 - beats_random re-exported
 from rcmd_pipeline.resources.local_state import LocalStateDir
 from rcmd_pipeline.resources.movie_db import MovieDatabase
@@ -35,11 +34,11 @@ def evaluated_movies_have_vectors(
 ) -> AssetCheckResult:
     # The evaluation set is read only if it exists (where LocalStateIOManager keeps it), so that
     # materializing the embeddings before any evaluation warns instead of failing the run.
-    stored = Path(local_state.base_dir, "assets", "eval_transitions.parquet")
+    stored = local_state.path("assets", "eval_transitions.parquet")  # a local Path or an object-store UPath
     if not stored.exists():
         return AssetCheckResult(passed=False, severity=AssetCheckSeverity.WARN,
                                 description="eval_transitions is not materialized yet: nothing to compare with.")
-    eval_transitions = pd.read_parquet(stored, columns=["prev_movieId", "movieId"])
+    eval_transitions = storage.read_parquet(stored, columns=["prev_movieId", "movieId"]).to_pandas()
     evaluated = pd.unique(eval_transitions[["prev_movieId", "movieId"]].to_numpy().ravel())
     with_vector = pd.Index(movie_overview_embeddings["movieId"])
     missing = sorted(int(m) for m in evaluated if m not in with_vector)

@@ -19,11 +19,10 @@ import time
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 from dagster import AssetExecutionContext, Config, DataVersion, MaterializeResult, MetadataValue, Output, asset
 from pydantic import Field
 
-from rcmd_pipeline import settings
+from rcmd_pipeline import settings, storage
 from rcmd_pipeline.assets.versioning import (
     INPUTS_VERSION,
     inputs_version,
@@ -138,7 +137,7 @@ def _details(base_dir: str) -> pd.DataFrame:
     if path is None or path.suffix != ".parquet":
         raise FileNotFoundError(f"No stored value for asset tmdb_movie_info_kr under {base_dir}; materialize it "
                                 "first (RCMD_DATA_DIR decides where values are kept).")
-    return pq.read_table(path, columns=["movieId", "title", "release_date", "collection_id"]).to_pandas()
+    return storage.read_parquet(path, columns=["movieId", "title", "release_date", "collection_id"]).to_pandas()
 
 
 def movie_payloads(ids: np.ndarray, details: pd.DataFrame) -> list[dict]:

@@ -1,9 +1,9 @@
-"""Asset values on local disk, under ``RCMD_DATA_DIR``.
+"""Asset values under ``RCMD_DATA_DIR``: a local folder or an object-store prefix (``s3://...``).
 
 DataFrames are stored as Parquet (typed, compact, readable by any tool); anything else is pickled.
-Every write goes to a temporary file that is renamed into place only once complete, so a failed or
-killed step never leaves a half-written value behind and downstream steps keep reading the
-previous one.
+Every write is atomic (``rcmd_pipeline.storage``: a temporary file renamed into place on disk, one
+upload to the final key on an object store), so a failed or killed step never leaves a
+half-written value behind and downstream steps keep reading the previous one.
 
 A downstream asset may read only some columns of a large frame by declaring them in its input's
 metadata, e.g. ``AssetIn(metadata={"columns": ["userId", "movieId", "timestamp"]})``: MovieLens
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,18 +22,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, OutputContext
 
+from rcmd_pipeline import storage
+from rcmd_pipeline.storage import StatePath, atomic_write
 
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path`` (same folder)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+__all__ = ["KEEP", "LocalStateDir", "LocalStateIOManager", "atomic_write", "stored_value_path"]
 
 
 class _Keep:
@@ -48,9 +39,10 @@ KEEP = _Keep()
 SUFFIXES = (".parquet", ".npz", ".pickle")
 
 
-def stored_value_path(base_dir: str | os.PathLike, asset_key_path: list[str]) -> Path | None:
-    """The file holding an asset's stored value under ``base_dir``, or None when there is none."""
-    stem = Path(base_dir, "assets", *asset_key_path)
+def stored_value_path(base_dir: str | os.PathLike, asset_key_path: list[str]) -> StatePath | None:
+    """The file holding an asset's stored value under ``base_dir``, or None when there is none (a
+    ``Path`` for a local folder, a ``UPath`` for an object store)."""
+    stem = storage.state_path(base_dir, "assets", *asset_key_path)
     return next((stem.with_suffix(s) for s in SUFFIXES if stem.with_suffix(s).exists()), None)
 
 
@@ -68,8 +60,8 @@ class LocalStateIOManager(ConfigurableIOManager):
 
     base_dir: str
 
-    def _stem(self, context: InputContext | OutputContext) -> Path:
-        return Path(self.base_dir, "assets", *context.asset_key.path)
+    def _stem(self, context: InputContext | OutputContext) -> StatePath:
+        return storage.state_path(self.base_dir, "assets", *context.asset_key.path)
 
     def handle_output(self, context: OutputContext, obj) -> None:
         stem = self._stem(context)
@@ -94,18 +86,17 @@ class LocalStateIOManager(ConfigurableIOManager):
             others.remove(stem.with_suffix(".pickle"))
             atomic_write(stem.with_suffix(".pickle"), lambda p: p.write_bytes(pickle.dumps(obj)))
         for other in others:
-            other.unlink(missing_ok=True)
+            storage.remove(other)
 
     def load_input(self, context: InputContext):
         stem = self._stem(context)
         parquet = stem.with_suffix(".parquet")
         if parquet.exists():
             columns = (context.definition_metadata or {}).get("columns")
-            return pq.read_table(parquet, columns=columns).to_pandas()
+            return storage.read_parquet(parquet, columns=columns).to_pandas()
         bundle = stem.with_suffix(".npz")
         if bundle.exists():
-            with np.load(bundle, allow_pickle=False) as arrays:
-                return {name: arrays[name] for name in arrays.files}
+            return storage.load_npz(bundle)
         pickled = stem.with_suffix(".pickle")
         if pickled.exists():
             return pickle.loads(pickled.read_bytes())
@@ -116,12 +107,15 @@ class LocalStateIOManager(ConfigurableIOManager):
 
 
 class LocalStateDir(ConfigurableResource):
-    """The ``RCMD_DATA_DIR`` folder, for assets that keep their own files there (caches, stores)."""
+    """The ``RCMD_DATA_DIR`` folder or object-store prefix, for assets that keep their own files
+    there (caches)."""
 
     base_dir: str
 
-    def folder(self, *parts: str) -> Path:
-        """``<base_dir>/<parts...>`` as a folder, created if missing."""
-        target = Path(self.base_dir, *parts)
-        target.mkdir(parents=True, exist_ok=True)
-        return target
+    def folder(self, *parts: str) -> StatePath:
+        """``<base_dir>/<parts...>`` as a folder, created if missing (a ``UPath`` on an object store)."""
+        return storage.folder(storage.state_path(self.base_dir, *parts))
+
+    def path(self, *parts: str) -> StatePath:
+        """``<base_dir>/<parts...>``, nothing created."""
+        return storage.state_path(self.base_dir, *parts)

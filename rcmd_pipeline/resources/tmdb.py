@@ -16,7 +16,8 @@ Why the HTTP client looks the way it does (MovieLens 32M links about 87,000 TMDB
   that write; no sidecar that could disagree with the body). Copy a cache with ``cp -p``/``rsync
   -a`` to keep it. Because the files are plain TMDB bodies, a cache folder is also a valid
   :class:`SnapshotTmdbClient` folder. One cache folder holds one language: pass a folder per
-  language.
+  language. ``cache_dir`` may be an object-store prefix (``s3://...``, ``rcmd_pipeline.storage``):
+  each body is then one object written in one PUT, and the fetch time is its LastModified.
 * **Refresh.** ``max_age_days`` re-fetches cached bodies older than that (the nightly refresh); if
   the refresh fails for a transient reason the old body is still served (counted in ``from_cache``
   and ``stale``), so a TMDB hiccup never drops a movie from the catalogue.
@@ -65,8 +66,9 @@ import requests
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from rcmd_pipeline.resources.local_state import atomic_write
+from rcmd_pipeline import storage
 from rcmd_pipeline.resources.secrets import env_value, redact, secret_value
+from rcmd_pipeline.storage import atomic_write
 
 API_KEY_ENV = "TMDB_API_KEY"
 READ_ACCESS_TOKEN_ENV = "TMDB_READ_ACCESS_TOKEN"
@@ -503,14 +505,15 @@ class _Counters:
 
 
 def _age_seconds(path: Path, now: float) -> float | None:
-    try:
-        return now - path.stat().st_mtime
-    except FileNotFoundError:
-        return None
+    written = storage.mtime(path)
+    return None if written is None else now - written
 
 
 def _remove_stale_temp_files(cache_dir: Path, now: float) -> None:
-    """Temp files of a run killed mid-write (another live run's recent ones are left alone)."""
+    """Temp files of a run killed mid-write (another live run's recent ones are left alone). An
+    object store has none: an object appears whole or not at all."""
+    if storage.is_remote(cache_dir):
+        return
     for folder in (cache_dir, cache_dir / NOT_FOUND_DIR):
         for tmp in folder.glob(".*.tmp"):
             age = _age_seconds(tmp, now)
@@ -599,8 +602,8 @@ class HttpTmdbClient(TmdbClient):
         self._check_settings()
         headers, params, env_name, secrets = self._credential()
         by_movie, by_tmdb = _group_items(items)
-        cache = Path(cache_dir)
-        (cache / NOT_FOUND_DIR).mkdir(parents=True, exist_ok=True)
+        cache = storage.state_path(cache_dir)  # a local Path or an object-store UPath
+        storage.folder(cache / NOT_FOUND_DIR)
         now = time.time()
         _remove_stale_temp_files(cache, now)
         report = FetchReport(requested=len(by_movie))
@@ -730,7 +733,7 @@ class HttpTmdbClient(TmdbClient):
             movie_ids = by_tmdb[tmdb_id]
             if believable:
                 atomic_write(cache / NOT_FOUND_DIR / str(tmdb_id), lambda p: p.write_bytes(b""))
-                (cache / f"{tmdb_id}.json").unlink(missing_ok=True)
+                storage.remove(cache / f"{tmdb_id}.json")
                 report.not_found += len(movie_ids)
             elif (body := self._stale_body(cache, tmdb_id, stale)) is not None:
                 if _records_from_body(body, tmdb_id, movie_ids, records, report, "from_cache"):
@@ -862,8 +865,8 @@ class HttpTmdbClient(TmdbClient):
             atomic_write(cache / REJECTED_DIR / f"{tmdb_id}.body", lambda p: p.write_bytes(content))
             return _Outcome(tmdb_id, "failed", reason=_redact(problem, secrets) + ", not retried")
         atomic_write(cache / f"{tmdb_id}.json", lambda p: p.write_bytes(content))
-        (cache / NOT_FOUND_DIR / str(tmdb_id)).unlink(missing_ok=True)
-        (cache / REJECTED_DIR / f"{tmdb_id}.body").unlink(missing_ok=True)
+        storage.remove(cache / NOT_FOUND_DIR / str(tmdb_id))
+        storage.remove(cache / REJECTED_DIR / f"{tmdb_id}.body")
         return _Outcome(tmdb_id, "fetched", body=body)
 
 
