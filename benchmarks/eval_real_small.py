@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -180,27 +181,106 @@ def print_result(result: dict) -> None:
     print("chosen:", json.dumps(s["chosen"], default=str))
 
 
-def _fit_one(path: str, name: str) -> None:
-    """One fit with default parameters on ratings before the study's evaluation window (child process)."""
-    users, movies, times = _load(Path(path))
+def _narrowest(low: int, high: int) -> type:
+    return np.int32 if np.iinfo(np.int32).min <= low and high <= np.iinfo(np.int32).max else np.int64
+
+
+def load_window(path: str, cutoff: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """userId, movieId, timestamp of the ratings before ``cutoff``, compactly, as a model asset gets them.
+
+    Row group by row group (pyarrow) into preallocated arrays: ids in the narrowest of int32/int64
+    that the file's statistics allow, timestamps int64. A first pass over the timestamp column
+    counts the rows of the window, so nothing is allocated twice and no frame is built.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pa.set_memory_pool(pa.system_memory_pool())  # freed buffers go back to the OS at once
+    source = pq.ParquetFile(path)
+    names = source.schema_arrow.names
+    meta = source.metadata
+    dtypes = {}
+    for column in ("userId", "movieId"):
+        index = names.index(column)
+        stats = [meta.row_group(g).column(index).statistics for g in range(meta.num_row_groups)]
+        if all(s is not None and s.has_min_max for s in stats):
+            dtypes[column] = _narrowest(min(int(s.min) for s in stats), max(int(s.max) for s in stats))
+        else:
+            dtypes[column] = np.int64
+    keep_counts = []
+    for g in range(meta.num_row_groups):
+        t = source.read_row_group(g, columns=["timestamp"]).column(0).to_numpy()
+        keep_counts.append(int((t < cutoff).sum()) if cutoff is not None else len(t))
+    n = sum(keep_counts)
+    out = {"userId": np.empty(n, dtypes["userId"]), "movieId": np.empty(n, dtypes["movieId"]),
+           "timestamp": np.empty(n, np.int64)}
+    done = 0
+    for g in range(meta.num_row_groups):
+        table = source.read_row_group(g, columns=list(out))
+        t = table.column("timestamp").to_numpy()
+        keep = t < cutoff if cutoff is not None else slice(None)
+        here = slice(done, done + keep_counts[g])
+        for column, target in out.items():
+            target[here] = table.column(column).to_numpy()[keep]
+        done += keep_counts[g]
+        del table, t, keep
+    return out["userId"], out["movieId"], out["timestamp"]
+
+
+def _study_cutoff(path: str) -> int:
+    """The study's training cutoff (earliest evaluation pair) of a ratings file (run in a child process)."""
     from rcmd_pipeline.evaluation.transitions import build_eval_transitions
     from rcmd_pipeline.recommenders.learned import leakage_cutoff
 
-    cutoff = leakage_cutoff(build_eval_transitions(users, movies, times))
-    train = training_window(users, movies, times, cutoff)
-    del users, movies, times
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    started = time.perf_counter()
-    if name == "slist":
-        state = SLIST.fit(*train, min_count=1000, max_items=3500, window=5, alpha=0.5, reg=10.0)
-    else:
-        state = {"seq_rules": SequentialRules, "item_knn": ItemKNN}[name].fit(*train)
-    seconds = time.perf_counter() - started
-    size = sum(v.nbytes for v in state.values())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"strategy": name, "ratings": int(len(train[0])), "fit_seconds": round(seconds, 1),
-                      "peak_rss_mb": round(peak), "rss_before_fit_mb": round(rss_before),
-                      "state_mb": round(size / 2**20, 1), "items": int(len(state["item_ids"]))}), flush=True)
+    return leakage_cutoff(build_eval_transitions(*load_window(path, None)))
+
+
+def _cutoff_in_child(path: str) -> int:
+    """Computed in its own process, so the evaluation set's memory never counts against a fit."""
+    out = subprocess.run([sys.executable, __file__, "--cutoff-of", path], check=True, capture_output=True,
+                         text=True)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+FIT_ONE_PARAMS = {
+    "seq_rules": (SequentialRules, {}),
+    "item_knn": (ItemKNN, {}),
+    "slist": (SLIST, {"min_count": 1000, "max_items": 3500, "window": 5, "alpha": 0.5, "reg": 10.0}),
+}
+
+
+def _fit_one(path: str, name: str, cutoff: int | None, save: str | None = None) -> dict:
+    """One fit as a model asset runs it: the training window as three compact arrays, then ``fit``.
+
+    Peak RSS is the process's own high-water mark (``ru_maxrss``) read before and after the fit,
+    so loading counts in "before" and everything the fit allocates on top of it in "after".
+    """
+    import psutil
+
+    if cutoff is None:
+        cutoff = _cutoff_in_child(path)
+    proc = psutil.Process()
+    started_wall = time.perf_counter()
+    train = load_window(path, cutoff)
+    load_seconds = time.perf_counter() - started_wall
+    rss_before = proc.memory_info().rss / 2**20
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    cls, params = FIT_ONE_PARAMS[name]
+    wall, cpu = time.perf_counter(), time.process_time()
+    state = cls.fit(*train, **params)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    peak_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if save:
+        np.savez(save, **state)
+    result = {"strategy": name, "ratings": int(len(train[0])), "cutoff": int(cutoff),
+              "dtypes": [str(a.dtype) for a in train], "load_seconds": round(load_seconds, 1),
+              "fit_wall_seconds": round(wall, 1), "fit_cpu_seconds": round(cpu, 1),
+              "rss_before_fit_mb": round(rss_before), "peak_rss_before_fit_mb": round(peak_before),
+              "peak_rss_after_fit_mb": round(peak_after), "fit_added_mb": round(peak_after - rss_before),
+              "state_mb": round(sum(v.nbytes for v in state.values()) / 2**20, 1),
+              "items": int(len(state["item_ids"])), "load_average": [round(x, 1) for x in os.getloadavg()]}
+    print(json.dumps(result), flush=True)
+    return result
 
 
 def main() -> None:
@@ -209,10 +289,17 @@ def main() -> None:
     ap.add_argument("--real-min-ratings", type=int, default=20)
     ap.add_argument("--real-eval-size", type=int, default=1000)
     ap.add_argument("--scale", help="a 32M-row ratings.parquet: time each fit in its own process")
-    ap.add_argument("--fit-one", nargs=2, metavar=("PATH", "STRATEGY"), help=argparse.SUPPRESS)
+    ap.add_argument("--fit-one", nargs=2, metavar=("PARQUET", "STRATEGY"),
+                    help="one fit in this process: load the training window compactly, fit, print time and RSS")
+    ap.add_argument("--cutoff", type=int, help="with --fit-one: the training cutoff (default: the study's)")
+    ap.add_argument("--save-state", help="with --fit-one: write the fitted state to this .npz")
+    ap.add_argument("--cutoff-of", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.cutoff_of:
+        print(_study_cutoff(args.cutoff_of))
+        return
     if args.fit_one:
-        _fit_one(*args.fit_one)
+        _fit_one(*args.fit_one, cutoff=args.cutoff, save=args.save_state)
         return
     if args.data in ("real", "both"):
         if REAL.exists():
@@ -222,8 +309,10 @@ def main() -> None:
     if args.data in ("demo", "both"):
         print_result(evaluate("demo", *_load(DEMO), 1000, 3000))
     if args.scale:
-        for name in ("seq_rules", "item_knn", "slist"):
-            subprocess.run([sys.executable, __file__, "--fit-one", args.scale, name], check=True)
+        cutoff = _cutoff_in_child(args.scale)
+        for name in FIT_ONE_PARAMS:
+            subprocess.run([sys.executable, __file__, "--fit-one", args.scale, name, "--cutoff", str(cutoff)],
+                           check=True)
 
 
 if __name__ == "__main__":

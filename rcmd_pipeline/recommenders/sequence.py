@@ -32,17 +32,23 @@ over at most ``max_items`` movies and are accumulated with ``bincount`` over pai
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 
 from rcmd_pipeline.recommenders.base import PAD
 from rcmd_pipeline.recommenders.history import Queries
-from rcmd_pipeline.recommenders.learned import _columns, _sorted_history
 
 DECAYS = ("harmonic", "linear", "flat")
 _EMPTY = np.zeros(0, dtype=np.int64)
-_BLOCK_CODES = 24_000_000
+_I64_MAX = 2**63 - 1
+_LOOKUP_LIMIT = 50_000_000  # ids below this are densified with a lookup table, O(n)
+_CHUNK = 4_000_000  # ratings per chunk of the linear passes
+_SORT_ROWS = 4_000_000  # ratings per block of users when ordering the sequences
+_BLOCK_CODES = 6_000_000  # pair instances per block of source movies
+_DENSE_CELLS = 8_000_000  # a block's (sources x movies) cells summed with bincount when at most this
+_MAX_BLOCK_SOURCES = 1 << 15
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -168,11 +174,275 @@ def _last_time(times: np.ndarray) -> np.ndarray:
     return np.array(int(times.max()) if len(times) else -1, dtype=np.int64)
 
 
+# ------------------------------------------------------------------------------------------------ sequences
+
+
+@dataclass(frozen=True)
+class _Sequences:
+    """Every user's ratings in (time, movie id) order, users one after the other, compactly.
+
+    ``movie`` holds popularity ranks (0 = most rated in the window, ties by smaller movie id), so a
+    block of the most rated movies is a range of ranks and "ties by popularity" is "ties by rank";
+    ``left`` says how many later ratings of the same user follow each position (capped at 255), so
+    positions p and p + g (g <= 255) belong to one user iff ``left[p] >= g``. 5 bytes a rating.
+    """
+
+    movie: np.ndarray  # int32 rank per position
+    left: np.ndarray  # uint8
+    ids_by_rank: np.ndarray  # int64 movie id of each rank
+    counts_by_rank: np.ndarray  # int64 ratings of each rank
+    last_time: np.ndarray
+
+    def dense_of_rank(self) -> np.ndarray:
+        """Index of each rank's movie among the sorted movie ids (the states' ``item_ids`` order)."""
+        out = np.empty(len(self.ids_by_rank), dtype=np.int64)
+        out[np.argsort(self.ids_by_rank, kind="stable")] = np.arange(len(self.ids_by_rank))
+        return out
+
+
+def _integer_column(x, name: str) -> np.ndarray:
+    x = np.asarray(x).ravel()
+    if x.dtype.kind not in "iu":
+        x = x.astype(np.int64)
+    return x
+
+
+def _chunks(n: int, size: int = _CHUNK):
+    for lo in range(0, n, size):
+        yield lo, min(n, lo + size)
+
+
+class _Densifier:
+    """Dense index (0..k-1 in id order, int32) of integer ids, in chunks: a lookup table when ids allow."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        n = len(x)
+        low, high = (int(x.min()), int(x.max())) if n else (0, -1)
+        if low >= 0 and high < _LOOKUP_LIMIT:
+            present = np.zeros(high + 1, dtype=bool)
+            for lo, hi in _chunks(n):
+                present[x[lo:hi]] = True
+            self.ids = np.flatnonzero(present).astype(np.int64)
+            self._table = np.cumsum(present, dtype=np.int32) - 1 if len(self.ids) else np.zeros(0, np.int32)
+        else:  # negative or huge ids: a sort instead of a table
+            self.ids = np.unique(x).astype(np.int64)
+            self._table = None
+
+    def __call__(self, chunk: np.ndarray) -> np.ndarray:
+        if self._table is not None:
+            return self._table[chunk]
+        return np.searchsorted(self.ids, chunk).astype(np.int32)
+
+    def counts(self, x: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(self.ids), dtype=np.int64)
+        for lo, hi in _chunks(len(x)):
+            out += np.bincount(self(x[lo:hi]), minlength=len(self.ids))
+        return out
+
+
+def _sequences(users, movies, times, sort_rows: int = _SORT_ROWS) -> _Sequences:
+    """The users' rating sequences of :class:`_Sequences`, built in blocks of users.
+
+    Users are split into blocks of about ``sort_rows`` ratings (consecutive user ids); each block is
+    ordered by one sort of packed int64 keys (user, time, movie id), so memory beyond the 5-byte
+    output is a few arrays of ``sort_rows``. Same order as ``build_eval_transitions``.
+    """
+    users, movies = _integer_column(users, "users"), _integer_column(movies, "movies")
+    times = np.asarray(times).ravel()
+    if times.dtype != np.int64:
+        times = times.astype(np.int64)
+    n = len(users)
+    if not (n == len(movies) == len(times)):
+        raise ValueError(f"users, movies and times must have the same length, got {n}, {len(movies)}, {len(times)}")
+    dense_movie = _Densifier(movies)
+    m = len(dense_movie.ids)
+    counts = dense_movie.counts(movies)
+    by_rank = _popular_order(counts)
+    rank_of = np.empty(m, dtype=np.int32)
+    rank_of[by_rank] = np.arange(m, dtype=np.int32)
+    movie = np.empty(n, dtype=np.int32)
+    left = np.empty(n, dtype=np.uint8)
+    if n == 0:
+        return _Sequences(movie, left, dense_movie.ids[by_rank], counts[by_rank], _last_time(times))
+    dense_user = _Densifier(users)
+    user_counts = dense_user.counts(users)
+    t0 = int(times.min())
+    span = int(times.max()) - t0 + 1
+    per_user = span * m
+    max_users = max(1, _I64_MAX // per_user) if per_user <= _I64_MAX else 1
+    ends = np.cumsum(user_counts)
+    done, first = 0, 0
+    n_users = len(user_counts)
+    while first < n_users:
+        last = int(np.searchsorted(ends, ends[first] - user_counts[first] + sort_rows, side="right"))
+        last = min(n_users, max(last, first + 1), first + max_users)
+        low_id, high_id = dense_user.ids[first], dense_user.ids[last - 1]
+        rows = np.flatnonzero((users >= low_id) & (users <= high_id))
+        u = dense_user(users[rows]).astype(np.int64)
+        u -= first
+        mv = dense_movie(movies[rows]).astype(np.int64)
+        t = times[rows] - t0
+        del rows
+        if per_user <= _I64_MAX:
+            key = u * per_user
+            t *= m
+            key += t
+            key += mv
+            del t, u, mv
+            key.sort()
+            u = key // per_user
+            mv = key % m
+            del key
+        else:  # absurd time ranges: a three-key sort
+            order = np.lexsort((mv, t, u))
+            u, mv = u[order], mv[order]
+            del order, t
+        here = slice(done, done + len(u))
+        movie[here] = rank_of[mv]
+        starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
+        run_end = np.repeat(np.r_[starts[1:], len(u)], np.diff(np.r_[starts, len(u)]))
+        run_end -= np.arange(1, len(u) + 1)
+        left[here] = np.minimum(run_end, 255)
+        done += len(u)
+        first = last
+        del u, mv, starts, run_end
+    return _Sequences(movie, left, dense_movie.ids[by_rank], counts[by_rank], _last_time(times))
+
+
 # ------------------------------------------------------------------------------------------------ pair tables
 
 
+def _source_blocks(counts_by_rank: np.ndarray, per_source_codes: int, block_codes: int,
+                   max_sources: int = _MAX_BLOCK_SOURCES) -> list[tuple[int, int]]:
+    """Ranges of source ranks whose pair instances (ratings x shifts) stay within ``block_codes``."""
+    m = len(counts_by_rank)
+    ends = np.cumsum(counts_by_rank * per_source_codes)
+    blocks, lo = [], 0
+    while lo < m:
+        before = ends[lo - 1] if lo else 0
+        hi = int(np.searchsorted(ends, before + block_codes, side="right"))
+        hi = min(m, max(hi, lo + 1), lo + max_sources)
+        blocks.append((lo, hi))
+        lo = hi
+    return blocks
+
+
+def _block_pairs(seq: _Sequences, pos: np.ndarray, lo: int, shifts: list[int], gap_codes: bool,
+                 dense: bool, gap_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(pair code (source - lo) * m + target, integer weight) of a block's sources, summed exactly.
+
+    A shift d pairs position p with p + d (same user, another movie). ``dense`` sums with bincount
+    over the block's (sources x m) cells; otherwise codes (with the gap in the low digits when
+    ``gap_codes``) are sorted and counted in runs.
+    """
+    m = len(seq.ids_by_rank)
+    movie, left = seq.movie, seq.left
+    src_all = movie[pos].astype(np.int64)
+    src_all -= lo
+    n_src = int(src_all.max()) + 1 if len(src_all) else 0
+    n_gaps = len(gap_weights)
+    parts = []
+    acc = np.zeros(n_src * m, dtype=np.int64) if dense else None
+    for d in shifts:
+        g = abs(d)
+        if d > 0:
+            ok = left[pos] >= g
+        else:
+            ok = pos >= g
+            ok[ok] = left[pos[ok] - g] >= g
+        p = pos[ok]
+        src = src_all[ok]
+        dst = movie[p + d]
+        del p, ok
+        differ = dst != src + lo
+        code = src[differ] * m
+        code += dst[differ]
+        del src, dst, differ
+        if dense:
+            acc += np.bincount(code, minlength=len(acc)) * int(gap_weights[g - 1])
+        elif gap_codes:
+            code *= n_gaps
+            code += g - 1
+            parts.append(code)
+        else:
+            parts.append(code)
+        del code
+    if dense:
+        pair = np.flatnonzero(acc)
+        return pair, acc[pair]
+    code = np.concatenate(parts) if parts else _EMPTY
+    del parts
+    if len(code) == 0:
+        return _EMPTY, _EMPTY
+    code.sort()
+    first = np.flatnonzero(np.r_[True, code[1:] != code[:-1]])
+    occurrences = np.diff(np.r_[first, len(code)])
+    code = code[first]
+    if not gap_codes:
+        return code, occurrences * int(gap_weights[0])
+    weight = occurrences * gap_weights[code % n_gaps]
+    pair = code // n_gaps
+    del code, occurrences
+    first = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]])
+    return pair[first], np.add.reduceat(weight, first)
+
+
+def _best_first(src: np.ndarray, dst: np.ndarray, weight: np.ndarray, value: np.ndarray, top_k: int,
+                exact_by_weight: bool) -> np.ndarray:
+    """Positions of each source's ``top_k`` best targets, ordered by (source, -value, target rank).
+
+    One packed-key argsort: (source, descending weight, rank) when ``exact_by_weight`` (the value
+    is weight / constant); else (source, descending float32 value, rank), then the float64 order
+    is checked among the candidates (the top_k and float32 ties at the cut) and, where float32
+    rounding merged values, redone with a three-key lexsort. The result equals
+    ``lexsort((dst, -value, src))`` restricted to each source's first ``top_k``.
+    """
+    if len(src) == 0:
+        return _EMPTY
+    rank_bits = int(dst.max()).bit_length()
+    src_bits = int(src.max()).bit_length()
+    if exact_by_weight:
+        top = int(weight.max())
+        desc = top - weight
+    else:
+        bits = value.astype(np.float32).view(np.int32).astype(np.int64)  # positive floats: order kept
+        top = int(bits.max())
+        desc = top - bits
+    value_bits = int(desc.max()).bit_length()
+    if src_bits + value_bits + rank_bits > 63:
+        order = np.lexsort((dst, -value, src))
+        place = np.arange(len(order)) - np.searchsorted(src[order], src[order], side="left")
+        return order[place < top_k]
+    key = src << (value_bits + rank_bits)
+    key |= desc << rank_bits
+    key |= dst
+    del desc
+    order = np.argsort(key)
+    del key
+    s = src[order]
+    place = np.arange(len(order)) - np.searchsorted(s, s, side="left")
+    if exact_by_weight:
+        return order[place < top_k]
+    # candidates: the top_k, plus targets tied in float32 with a source's top_k-th
+    v32 = value[order].astype(np.float32)
+    cut = np.flatnonzero(place == top_k - 1)
+    boundary = np.full(int(s.max()) + 1, np.inf, dtype=np.float32)
+    boundary[s[cut]] = v32[cut]
+    candidate = (place < top_k) | (v32 == boundary[s])
+    order = order[candidate]
+    s, v, t = src[order], value[order], dst[order]
+    same = s[1:] == s[:-1]
+    wrong = same & ((v[1:] > v[:-1]) | ((v[1:] == v[:-1]) & (t[1:] < t[:-1])))
+    if wrong.any():
+        order = order[np.lexsort((t, -v, s))]
+        s = src[order]
+    place = np.arange(len(order)) - np.searchsorted(s, s, side="left")
+    return order[place < top_k]
+
+
 def _pair_table(users, movies, times, gap_weights: np.ndarray, scale: int, symmetric: bool, top_k: int,
-                shrink: float | None = None, block_codes: int = _BLOCK_CODES) -> dict[str, np.ndarray]:
+                shrink: float | None = None, block_codes: int = _BLOCK_CODES,
+                dense_cells: int = _DENSE_CELLS, sort_rows: int = _SORT_ROWS) -> dict[str, np.ndarray]:
     """Sparse item -> item weights from pairs of positions up to ``len(gap_weights)`` apart.
 
     A pair (a at position p, b at p + g) of one user's sequence, a != b, adds
@@ -180,72 +450,71 @@ def _pair_table(users, movies, times, gap_weights: np.ndarray, scale: int, symme
     W[b, a]). Integer weights make the sums exact. With ``shrink`` the sums become cosines
     ``W / (sqrt(n_a n_b) + shrink)``. Each source keeps its ``top_k`` best targets (ties: more rated,
     then smaller id). Returns the state arrays of a neighbour model.
+
+    Memory: the sequences (5 bytes a rating), then blocks of source movies (popularity ranks) of at
+    most ``block_codes`` pair instances, each reduced exactly (bincount over the block's cells when
+    they are few, ``dense_cells`` at most, else a sort of pair codes) and cut to its top_k at once.
     """
-    users, movies, times = _columns(users, movies, times)
-    history = _sorted_history(users, movies, times)
-    user, movie, ids = history.user, history.movie, history.movie_ids
-    del users, movies
-    m, n_pos, n_gaps = len(ids), len(movie), len(gap_weights)
-    counts = np.bincount(movie, minlength=m).astype(np.int64)
-    rank_of = np.empty(m, dtype=np.int64)
-    rank_of[_popular_order(counts)] = np.arange(m)
+    seq = _sequences(users, movies, times, sort_rows=sort_rows)
+    m = len(seq.ids_by_rank)
+    n_gaps = len(gap_weights)
+    gap_weights = np.asarray(gap_weights, dtype=np.int64)
     shifts = list(range(1, n_gaps + 1)) + ([-g for g in range(1, n_gaps + 1)] if symmetric else [])
-    by_source = np.argsort(movie, kind="stable")
-    starts = np.zeros(m + 1, dtype=np.int64)
-    np.cumsum(counts, out=starts[1:])
-    per_block = max(1, block_codes // max(1, len(shifts)))
-    src_parts, dst_parts, w_parts = [], [], []
-    lo = 0
-    while lo < m:
-        hi = int(np.searchsorted(starts, starts[lo] + per_block, side="right")) - 1
-        hi = min(m, max(hi, lo + 1))
-        pos = by_source[starts[lo]:starts[hi]]
-        codes = []
-        for d in shifts:
-            nb = pos + d
-            ok = (nb >= 0) & (nb < n_pos)
-            p, nb = pos[ok], nb[ok]
-            ok = (user[nb] == user[p]) & (movie[nb] != movie[p])
-            p, nb = p[ok], nb[ok]
-            code = (movie[p] - lo) * m + movie[nb]
-            code *= n_gaps
-            code += abs(d) - 1
-            codes.append(code)
-        lo_block = lo
-        lo = hi
-        code = np.concatenate(codes) if codes else _EMPTY
-        del codes
-        if len(code) == 0:
-            continue
-        code.sort()
-        first = np.flatnonzero(np.r_[True, code[1:] != code[:-1]])
-        occurrences = np.diff(np.r_[first, len(code)])
-        code = code[first]
-        weight = occurrences * gap_weights[code % n_gaps]
-        pair = code // n_gaps
-        del code, occurrences
-        first = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]])
-        weight = np.add.reduceat(weight, first)
-        pair = pair[first]
-        src, dst = pair // m + lo_block, pair % m
-        value = weight / float(scale)
-        if shrink is not None:
-            value = value / (np.sqrt(counts[src].astype(np.float64) * counts[dst]) + shrink)
-        order = np.lexsort((rank_of[dst], -value, src))
-        src, dst, value = src[order], dst[order], value[order]
-        place = np.arange(len(src)) - np.searchsorted(src, src, side="left")
-        keep = place < top_k
-        src_parts.append(src[keep])
-        dst_parts.append(dst[keep].astype(np.int32))
-        w_parts.append(value[keep].astype(np.float32))
-    src = np.concatenate(src_parts) if src_parts else _EMPTY
+    gap_codes = bool((gap_weights != gap_weights[0]).any())
+    counts = seq.counts_by_rank
+    kept_src, kept_place, kept_dst, kept_w = [], [], [], []
+    blocks = _source_blocks(counts, len(shifts), block_codes)
+    # two levels: one scan of the sequence per group of blocks, then each block within the group
+    groups, group = [], []
+    for lo, hi in blocks:
+        if group and counts[group[0][0]:hi].sum() > max(block_codes, len(seq.movie) // 8):
+            groups.append(group)
+            group = []
+        group.append((lo, hi))
+    if group:
+        groups.append(group)
+    for group in groups:
+        g_lo, g_hi = group[0][0], group[-1][1]
+        g_pos = np.flatnonzero((seq.movie >= g_lo) & (seq.movie < g_hi))
+        g_movie = seq.movie[g_pos]
+        for lo, hi in group:
+            pos = g_pos[(g_movie >= lo) & (g_movie < hi)] if len(group) > 1 else g_pos
+            n_codes = int(counts[lo:hi].sum()) * len(shifts)
+            dense = (hi - lo) * m <= min(dense_cells, n_codes)
+            pair, weight = _block_pairs(seq, pos, lo, shifts, gap_codes, dense, gap_weights)
+            del pos
+            if len(pair) == 0:
+                continue
+            src, dst = pair // m, pair % m
+            del pair
+            value = weight / float(scale)
+            if shrink is not None:
+                value = value / (np.sqrt(counts[src + lo].astype(np.float64) * counts[dst]) + shrink)
+            keep = _best_first(src, dst, weight, value, top_k, exact_by_weight=shrink is None)
+            src_k = src[keep]
+            first = np.searchsorted(src_k, src_k, side="left")
+            kept_src.append((src_k + lo).astype(np.int32))
+            kept_place.append((np.arange(len(keep)) - first).astype(np.int32))
+            kept_dst.append(dst[keep].astype(np.int32))
+            kept_w.append(value[keep].astype(np.float32))
+            del src, dst, weight, value, keep, src_k, first
+        del g_pos, g_movie
+    # rows by movie id (the state's order), each row best first
+    dense_of_rank = seq.dense_of_rank().astype(np.int32)
+    src = dense_of_rank[np.concatenate(kept_src)] if kept_src else np.zeros(0, np.int32)
     indptr = np.zeros(m + 1, dtype=np.int64)
     np.cumsum(np.bincount(src, minlength=m), out=indptr[1:])
+    at = indptr[src] + (np.concatenate(kept_place) if kept_place else 0)
+    indices = np.zeros(len(src), dtype=np.int32)
+    weights = np.zeros(len(src), dtype=np.float32)
+    if len(src):
+        indices[at] = dense_of_rank[np.concatenate(kept_dst)]
+        weights[at] = np.concatenate(kept_w)
+    counts_by_id = np.empty(m, dtype=np.int64)
+    counts_by_id[dense_of_rank] = counts
     return {
-        "item_ids": ids, "item_counts": counts, "indptr": indptr,
-        "indices": np.concatenate(dst_parts) if dst_parts else np.zeros(0, np.int32),
-        "weights": np.concatenate(w_parts) if w_parts else np.zeros(0, np.float32),
-        "last_time": _last_time(history.time),
+        "item_ids": np.sort(seq.ids_by_rank), "item_counts": counts_by_id, "indptr": indptr,
+        "indices": indices, "weights": weights, "last_time": seq.last_time,
     }
 
 
@@ -337,6 +606,51 @@ class ItemKNN(_NeighbourModel):
 # ------------------------------------------------------------------------------------------------ SLIST
 
 
+def _restricted(seq: _Sequences, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The sequences restricted to the ``size`` most rated movies: (rank, user label) per kept rating."""
+    n = len(seq.movie)
+    kept = int(seq.counts_by_rank[:size].sum())
+    x = np.empty(kept, dtype=np.int16 if size <= np.iinfo(np.int16).max else np.int32)
+    u = np.empty(kept, dtype=np.int32)
+    done, users_before = 0, 0
+    for lo, hi in _chunks(n):
+        start = np.empty(hi - lo, dtype=bool)  # a user's first rating: the previous one was its user's last
+        start[0] = lo == 0 or seq.left[lo - 1] == 0
+        start[1:] = seq.left[lo:hi - 1] == 0
+        label = np.cumsum(start, dtype=np.int64)
+        label += users_before - 1
+        mv = seq.movie[lo:hi]
+        keep = mv < size
+        here = slice(done, done + int(keep.sum()))
+        x[here] = mv[keep]
+        u[here] = label[keep]
+        done = here.stop
+        users_before += int(start.sum())
+    return x, u
+
+
+def _offset_counts(x: np.ndarray, u: np.ndarray, size: int, span: int, a: int, b: int) -> np.ndarray:
+    """int64 (size * size) counts of the pairs (x[i+a], x[i+b]) over i with u[i] == u[i+span].
+
+    Chunk by chunk: each chunk's pair codes are sorted and their run lengths added (exact integers).
+    """
+    acc = np.zeros(size * size, dtype=np.int64)
+    n = len(x) - span
+    for lo, hi in _chunks(max(n, 0)):
+        ok = u[lo:hi] == u[lo + span:hi + span]
+        code = x[lo + a:hi + a][ok].astype(np.int64)
+        code *= size
+        code += x[lo + b:hi + b][ok]
+        del ok
+        if len(code) == 0:
+            continue
+        code.sort()
+        first = np.flatnonzero(np.r_[True, code[1:] != code[:-1]])
+        acc[code[first]] += np.diff(np.r_[first, len(code)])
+        del code, first
+    return acc
+
+
 class SLIST:
     """SLIST (Choi et al., WWW 2021): a linear item -> item model, one matrix inverse.
 
@@ -370,79 +684,92 @@ class SLIST:
         if not 1 <= window <= 20:
             raise ValueError(f"window must be between 1 and 20, got {window}")
         grams = SLIST.grams(users, movies, times, min_count=min_count, max_items=max_items, window=window)
-        return SLIST.solve(grams, alpha=alpha, reg=reg)
+        return SLIST._solve(grams, alpha, reg, consume=True)
 
     @staticmethod
-    def grams(users, movies, times, min_count: int = 1, max_items: int = 3000, window: int = 5) -> dict:
-        """The item set and the Gram matrices G, S'S, S'T (float64), reusable across alpha and reg."""
-        users, movies, times = _columns(users, movies, times)
-        history = _sorted_history(users, movies, times)
-        del users, movies
-        counts = np.bincount(history.movie, minlength=len(history.movie_ids))
-        order = _popular_order(counts)
-        order = order[counts[order] >= min_count][:max_items]
-        size = len(order)
-        sub = np.full(len(counts), -1, dtype=np.int64)
-        sub[order] = np.arange(size)
-        x = sub[history.movie]
-        keep = x >= 0
-        x, u = x[keep], history.user[keep]
-        del keep
+    def grams(users, movies, times, min_count: int = 1, max_items: int = 3000, window: int = 5,
+              sort_rows: int = _SORT_ROWS) -> dict:
+        """The item set and the Gram matrices G, S'S, S'T (float64), reusable across alpha and reg.
+
+        Counts of "x[i+a] with x[i+b]" are exact integers accumulated chunk by chunk, then turned
+        into the float64 sums in a fixed order; the sequences restricted to the item set are int16
+        ranks plus int32 user labels (6 bytes a kept rating).
+        """
+        seq = _sequences(users, movies, times, sort_rows=sort_rows)
+        counts = seq.counts_by_rank  # most rated first: the item set is the first `size` ranks
+        size = int(min(max_items, int((counts >= min_count).sum())))
+        x, u = _restricted(seq, size)
+        ids, item_counts, last_time = seq.ids_by_rank[:size].copy(), counts[:size].copy(), seq.last_time
+        del seq
         cells = size * size
-
-        def count(pairs_from, pairs_to, weight=None):
-            return np.bincount(pairs_from * size + pairs_to, weights=weight, minlength=cells).astype(np.float64)
-
         gram = np.zeros(cells)
-        gram[np.arange(size) * (size + 1)] = np.bincount(x, minlength=size)
+        gram[np.arange(size) * (size + 1)] = item_counts
         s_t = np.zeros(cells)
-        followed = {}
         for g in range(1, window + 1):
-            ok = u[g:] == u[:-g] if len(u) > g else np.zeros(0, dtype=bool)
-            c = count(x[:-g][ok], x[g:][ok]).reshape(size, size) if len(ok) else np.zeros((size, size))
+            c = _offset_counts(x, u, size, g, 0, g).astype(np.float64).reshape(size, size)
             if g < window:
-                sym = (c + c.T) * ((window - g) / window)
+                sym = c + c.T
+                sym *= (window - g) / window
                 gram += sym.ravel()
-            s_t += c.ravel() / g
-            followed[g] = ok
+                del sym
+            c /= g
+            s_t += c.ravel()
+            del c
         s_s = np.zeros(cells)
-        t_all = np.arange(len(x))
-        for j2 in range(1, window + 1):  # the older of the two source slots
-            ok = followed[j2]
-            t = t_all[j2:][ok]  # targets with a same-user rating j2 back
-            older = x[t - j2]
+        for j2 in range(1, window + 1):  # the older of the two source slots, j1 the newer
             for j1 in range(1, j2 + 1):
-                c = count(x[t - j1], older, None)
+                c = _offset_counts(x, u, size, j2, j2 - j1, 0).astype(np.float64).reshape(size, size)
                 if j1 == j2:
-                    s_s += c / (j1 * j2)
+                    c /= j1 * j2
+                    s_s += c.ravel()
                 else:
-                    c = c.reshape(size, size)
-                    s_s += ((c + c.T) / (j1 * j2)).ravel()
-        return {"item_ids": history.movie_ids[order], "item_counts": counts[order].astype(np.int64),
-                "gram": gram.reshape(size, size), "s_s": s_s.reshape(size, size),
-                "s_t": s_t.reshape(size, size), "last_time": _last_time(history.time)}
+                    sym = c + c.T
+                    sym /= j1 * j2
+                    s_s += sym.ravel()
+                    del sym
+                del c
+        return {"item_ids": ids, "item_counts": item_counts.astype(np.int64), "gram": gram.reshape(size, size),
+                "s_s": s_s.reshape(size, size), "s_t": s_t.reshape(size, size), "last_time": last_time}
 
     @staticmethod
     def solve(grams: dict, alpha: float = 0.5, reg: float = 10.0) -> dict[str, np.ndarray]:
+        return SLIST._solve(grams, alpha, reg, consume=False)
+
+    @staticmethod
+    def _solve(grams: dict, alpha: float, reg: float, consume: bool) -> dict[str, np.ndarray]:
+        """The closed form; ``consume`` drops each Gram matrix from ``grams`` once it is used (less memory)."""
         size = len(grams["item_ids"])
+        head = {k: grams[k] for k in ("item_ids", "item_counts", "last_time")}
         if size == 0:
             matrix = np.zeros((0, 0), dtype=np.float32)
         elif alpha >= 1.0:
             a = grams["gram"].copy()
+            if consume:
+                grams.clear()
             a[np.diag_indices(size)] += reg
             p = np.linalg.inv(a)
             del a
-            matrix = -p / np.diag(p)[None, :]
+            p /= np.diag(p)[None, :].copy()
+            np.negative(p, out=p)  # -(p / d) == -p / d exactly
+            matrix = p
         else:
-            a = alpha * grams["gram"] + (1 - alpha) * grams["s_s"]
+            a = alpha * grams["gram"]
+            a += (1 - alpha) * grams["s_s"]
+            if consume:
+                del grams["s_s"]
             a[np.diag_indices(size)] += reg
             p = np.linalg.inv(a)
             del a
-            matrix = p @ (alpha * grams["gram"] + (1 - alpha) * grams["s_t"])
+            b = alpha * grams["gram"]
+            b += (1 - alpha) * grams["s_t"]
+            if consume:
+                grams.clear()
+            matrix = p @ b
+            del p, b
         matrix = np.asarray(matrix, dtype=np.float32)
         matrix[np.diag_indices(size)] = 0.0
-        return {"item_ids": grams["item_ids"], "item_counts": grams["item_counts"], "matrix": matrix,
-                "last_time": grams["last_time"]}
+        return {"item_ids": head["item_ids"], "item_counts": head["item_counts"], "matrix": matrix,
+                "last_time": head["last_time"]}
 
     def __init__(self, state: dict, last_n: int = 5, decay: str = "harmonic", exclude_seen: bool = False) -> None:
         _check_query_params(last_n, decay)
