@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
@@ -205,3 +207,208 @@ def test_sequence_hybrid_state_round_trip():
     assert np.array_equal(again.recommend_queries(q, 3), hybrid.recommend_queries(q, 3))
     with pytest.raises(ValueError):
         SequenceHybrid(parts, {"sr": 0.0})
+
+
+# ------------------------------------------------------------------ the blocked fits against literal sums
+
+
+def _literal_table(users, movies, times, gaps, symmetric, top_k, shrink=None):
+    """W[a][b] summed in plain Python over each user's (time, id)-ordered sequence; rows cut to top_k.
+
+    Gap g adds gaps[g-1] (exact: a Fraction or an int). Cosines with ``shrink``. Row order: value descending,
+    then more rated, then smaller id. Returns {a: [(b, value), ...]} best first.
+    """
+    seqs = {}
+    for u, m, _t in sorted(zip(users, movies, times, strict=True), key=lambda r: (r[0], r[2], r[1])):
+        seqs.setdefault(u, []).append(m)
+    counts = {}
+    for m in movies:
+        counts[m] = counts.get(m, 0) + 1
+    w = {}
+    for seq in seqs.values():
+        for p in range(len(seq)):
+            for g in range(1, len(gaps) + 1):
+                if p + g < len(seq) and seq[p] != seq[p + g]:
+                    w[(seq[p], seq[p + g])] = w.get((seq[p], seq[p + g]), 0) + gaps[g - 1]
+                    if symmetric:
+                        w[(seq[p + g], seq[p])] = w.get((seq[p + g], seq[p]), 0) + gaps[g - 1]
+    rows = {}
+    for (a, b), v in w.items():
+        v = float(v)
+        if shrink is not None:
+            v = v / (np.sqrt(float(counts[a]) * counts[b]) + shrink)
+        rows.setdefault(a, []).append((b, v))
+    return {a: sorted(r, key=lambda e: (-e[1], -counts[e[0]], e[0]))[:top_k] for a, r in rows.items()}
+
+
+def _rows(state) -> dict:
+    ids = state["item_ids"]
+    out = {}
+    for a in range(len(ids)):
+        lo, hi = state["indptr"][a], state["indptr"][a + 1]
+        if hi > lo:
+            pairs = zip(state["indices"][lo:hi], state["weights"][lo:hi], strict=True)
+            out[int(ids[a])] = [(int(ids[b]), float(v)) for b, v in pairs]
+    return out
+
+
+def _random_ratings(seed, n=3000, n_users=60, n_movies=80, dtype=np.int64, id_scale=7):
+    rng = np.random.default_rng(seed)
+    users = rng.integers(0, n_users, n).astype(dtype) * 3 + 1
+    movies = (rng.zipf(1.6, n) % n_movies).astype(dtype) * id_scale
+    times = rng.integers(0, 40, n)  # many same-second ratings: the movie id breaks the tie
+    return users, movies, times
+
+
+BLOCKINGS = [
+    {},  # one block
+    {"block_codes": 50, "dense_cells": 0, "sort_rows": 37},  # many blocks, sorted pair codes
+    {"block_codes": 400, "dense_cells": 10**9, "sort_rows": 100},  # many blocks, bincount cells
+]
+
+
+@pytest.mark.parametrize("blocking", BLOCKINGS)
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_blocked_rules_and_knn_equal_the_literal_sums(blocking, dtype):
+    users, movies, times = _random_ratings(11, dtype=dtype)
+    for max_gap, top_k in ((1, 200), (3, 4), (10, 2)):
+        state = SequentialRules.fit(users, movies, times, max_gap=max_gap, top_k=top_k, **blocking)
+        gaps = [Fraction(1, g) for g in range(1, max_gap + 1)]
+        want = _literal_table(users.tolist(), movies.tolist(), times.tolist(), gaps, False, top_k)
+        got = _rows(state)
+        assert [[b for b, _ in r] for r in got.values()] == [[b for b, _ in want[a]] for a in got]
+        assert set(got) == set(want)
+        for a, row in got.items():  # stored as float32 of the exact float64 sums
+            assert [v for _, v in row] == [float(np.float32(v)) for _, v in want[a]]
+    for window, shrink, top_k in ((1, 0.0, 200), (3, 5.0, 3), (10, 20.0, 1)):
+        state = ItemKNN.fit(users, movies, times, window=window, shrink=shrink, top_k=top_k, **blocking)
+        want = _literal_table(users.tolist(), movies.tolist(), times.tolist(), [1] * window, True, top_k, shrink)
+        got = _rows(state)
+        assert set(got) == set(want)
+        for a, row in got.items():
+            assert [b for b, _ in row] == [b for b, _ in want[a]], a
+            assert [v for _, v in row] == [float(np.float32(v)) for _, v in want[a]]
+    assert state["item_ids"].tolist() == sorted(set(movies.tolist()))
+    assert state["item_counts"].tolist() == [int((movies == m).sum()) for m in state["item_ids"]]
+    assert int(state["last_time"]) == int(times.max())
+
+
+def test_blocked_fits_do_not_depend_on_the_blocking_or_the_id_range():
+    users, movies, times = _random_ratings(12)
+    reference = {name: fit(users, movies, times) for name, fit in (("sr", SequentialRules.fit), ("knn", ItemKNN.fit))}
+    for blocking in BLOCKINGS[1:]:
+        for name, fit in (("sr", SequentialRules.fit), ("knn", ItemKNN.fit)):
+            state = fit(users, movies, times, **blocking)
+            for key, value in reference[name].items():
+                assert np.array_equal(state[key], value), (name, key, blocking)
+    # negative and huge ids take the sorted-ids path instead of a lookup table: same model
+    shifted = SequentialRules.fit(users - 10**12, movies * 10**9 - 5, times, max_gap=3)
+    plain = SequentialRules.fit(users, movies, times, max_gap=3)
+    assert shifted["item_ids"].tolist() == (plain["item_ids"] * 10**9 - 5).tolist()
+    for key in ("item_counts", "indptr", "indices", "weights"):
+        assert np.array_equal(shifted[key], plain[key])
+
+
+def test_top_k_order_is_exact_where_float32_merges_values():
+    from rcmd_pipeline.recommenders.sequence import _best_first
+
+    # source 0: targets 0..3; 1 + 1e-12 and 1 are one float32 but 3 must come before 0 and 2
+    src = np.zeros(4, dtype=np.int64)
+    dst = np.array([0, 1, 2, 3], dtype=np.int64)
+    value = np.array([1.0, 0.5, 1.0, 1.0 + 1e-12])
+    weight = np.ones(4, dtype=np.int64)
+    assert dst[_best_first(src, dst, weight, value, 2, exact_by_weight=False)].tolist() == [3, 0]
+    assert dst[_best_first(src, dst, weight, value, 4, exact_by_weight=False)].tolist() == [3, 0, 2, 1]
+    # the same order as the three-key sort on random float ties, several sources
+    rng = np.random.default_rng(4)
+    n = 2000
+    src = np.sort(rng.integers(0, 30, n))
+    dst = rng.permutation(n).astype(np.int64)
+    value = 1.0 + rng.integers(0, 5, n) * 1e-12 + rng.integers(0, 3, n) * 0.25
+    keep = _best_first(src, dst, np.ones(n, dtype=np.int64), value, 7, exact_by_weight=False)
+    order = np.lexsort((dst, -value, src))
+    place = np.arange(n) - np.searchsorted(src[order], src[order], side="left")
+    assert keep.tolist() == order[place < 7].tolist()
+
+
+def test_sequences_are_ordered_by_user_time_movie_in_user_blocks():
+    from rcmd_pipeline.recommenders.sequence import _sequences
+
+    users, movies, times = _random_ratings(13, n=500, dtype=np.int32)
+    order = np.lexsort((movies, times, users))
+    for sort_rows in (1, 17, 10**6):
+        seq = _sequences(users, movies, times, sort_rows=sort_rows)
+        assert seq.ids_by_rank[seq.movie].tolist() == movies[order].tolist()
+        u = users[order]
+        left = [min(255, int((u[p + 1:] == u[p]).sum())) for p in range(len(u))]
+        assert seq.left.tolist() == left
+        assert seq.counts_by_rank.tolist() == sorted(seq.counts_by_rank.tolist(), reverse=True)
+
+
+def test_slist_grams_do_not_depend_on_chunks_or_blocks(monkeypatch):
+    from rcmd_pipeline.recommenders import sequence
+
+    users, movies, times = _random_ratings(14, n=1500)
+    whole = SLIST.grams(users, movies, times, min_count=3, max_items=40, window=4)
+    monkeypatch.setattr(sequence, "_CHUNK", 13)
+    pieces = SLIST.grams(users.astype(np.int32), movies.astype(np.int32), times, min_count=3, max_items=40, window=4,
+                         sort_rows=29)
+    for key, value in whole.items():
+        assert np.array_equal(pieces[key], value), key
+    assert len(whole["item_ids"]) == 40
+    # fit consumes its own Gram matrices only: solve leaves the caller's intact
+    grams = SLIST.grams(users, movies, times, window=2)
+    SLIST.solve(grams, alpha=0.5, reg=2.0)
+    assert set(grams) == {"item_ids", "item_counts", "gram", "s_s", "s_t", "last_time"}
+
+
+def test_the_pair_table_memory_is_bounded_by_the_blocks():
+    import tracemalloc
+
+    rng = np.random.default_rng(15)
+    n = 600_000
+    users = np.sort(rng.integers(0, 20_000, n)).astype(np.int32)
+    movies = rng.integers(0, 3_000, n).astype(np.int32)
+    times = rng.integers(0, 10**9, n)
+    tracemalloc.start()
+    try:
+        state = ItemKNN.fit(users, movies, times, window=10, block_codes=300_000, sort_rows=50_000, top_k=20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # 12 M pair instances (96 MB as int64 codes) never exist at once: sequences (5 bytes a rating),
+    # one block's codes and its reductions, the state
+    state_bytes = sum(v.nbytes for v in state.values())
+    assert peak < 5 * n + 40 * 300_000 + 2 * state_bytes + 8_000_000, peak
+
+
+def test_fit_one_loads_the_training_window_compactly(tmp_path):
+    """benchmarks/eval_real_small.py --fit-one: row groups into narrow arrays, only ratings before the cutoff."""
+    import importlib.util
+    from pathlib import Path
+
+    import pandas as pd
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_real_small.py"
+    spec = importlib.util.spec_from_file_location("eval_real_small", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(16)
+    n = 5000
+    frame = pd.DataFrame({"userId": rng.integers(1, 300, n), "movieId": rng.integers(1, 90_000, n),
+                          "rating": rng.random(n), "timestamp": rng.integers(10**9, 2 * 10**9, n)})
+    frame.loc[7, "movieId"] = 2**40  # an id beyond int32: that column stays int64
+    frame.to_parquet(tmp_path / "r.parquet", row_group_size=700)
+    cutoff = int(frame["timestamp"].median())
+    users, movies, times = bench.load_window(str(tmp_path / "r.parquet"), cutoff)
+    want = frame[frame["timestamp"] < cutoff]
+    assert (users.dtype, movies.dtype, times.dtype) == (np.int32, np.int64, np.int64)
+    assert users.tolist() == want["userId"].tolist()
+    assert movies.tolist() == want["movieId"].tolist()
+    assert times.tolist() == want["timestamp"].tolist()
+    everything = bench.load_window(str(tmp_path / "r.parquet"), None)
+    assert len(everything[0]) == n
+    state = SequentialRules.fit(users, movies, times, max_gap=2)
+    assert np.array_equal(state["indices"], SequentialRules.fit(*(want[c].to_numpy() for c in
+                                                                  ("userId", "movieId", "timestamp")),
+                                                                max_gap=2)["indices"])

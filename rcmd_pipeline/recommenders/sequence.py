@@ -200,14 +200,15 @@ class _Sequences:
         return out
 
 
-def _integer_column(x, name: str) -> np.ndarray:
+def _integer_column(x) -> np.ndarray:
     x = np.asarray(x).ravel()
     if x.dtype.kind not in "iu":
         x = x.astype(np.int64)
     return x
 
 
-def _chunks(n: int, size: int = _CHUNK):
+def _chunks(n: int, size: int | None = None):
+    size = size or _CHUNK
     for lo in range(0, n, size):
         yield lo, min(n, lo + size)
 
@@ -247,7 +248,7 @@ def _sequences(users, movies, times, sort_rows: int = _SORT_ROWS) -> _Sequences:
     ordered by one sort of packed int64 keys (user, time, movie id), so memory beyond the 5-byte
     output is a few arrays of ``sort_rows``. Same order as ``build_eval_transitions``.
     """
-    users, movies = _integer_column(users, "users"), _integer_column(movies, "movies")
+    users, movies = _integer_column(users), _integer_column(movies)
     times = np.asarray(times).ravel()
     if times.dtype != np.int64:
         times = times.astype(np.int64)
