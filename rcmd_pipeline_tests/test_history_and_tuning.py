@@ -224,3 +224,15 @@ def test_expand_grid_rejects_nothing_and_tune_rejects_an_empty_grid():
     q = build_queries(_pairs([(1, 2, 3, 9)]), [1], [2], [1])
     with pytest.raises(ValueError):
         tune(lambda: None, [], q, [3])
+
+
+def test_build_queries_takes_int32_columns_as_they_are():
+    rng = np.random.default_rng(7)
+    users, movies, times = _ratings(rng)
+    pairs = build_eval_transitions(users, movies, times, TransitionSettings(5, 100))
+    wide = build_queries(pairs, users, movies, times, max_len=7)
+    narrow = build_queries(pairs, users.astype(np.int32), movies.astype(np.int32), times, max_len=7)
+    for field in ("prev", "users", "times", "offsets", "items", "n_earlier"):
+        assert np.array_equal(getattr(narrow, field), getattr(wide, field)), field
+        assert getattr(narrow, field).dtype == np.int64
+    assert len(wide.items) > len(pairs)  # histories are not empty

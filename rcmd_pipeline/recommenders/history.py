@@ -16,7 +16,8 @@ between the two, ``prev`` is the history's last element; otherwise the movies ra
 
 Speed: only the rows of the queries' users are gathered (a boolean lookup over user ids), sorted
 by (user, time, movie) and each query's position found by one merged sort; at 32 M ratings and
-3,000 pairs that is about a second and a few hundred MB.
+3,000 pairs that is about a second and a few hundred MB. The rating columns are used in the dtype
+they come in (int32 ids stay int32); only the gathered rows are widened to int64.
 """
 
 from __future__ import annotations
@@ -109,9 +110,7 @@ def build_queries(pairs: pd.DataFrame, users, movies, times, max_len: int = 200)
     for column in ("userId", "prev_movieId", "movieId", "timestamp"):
         if column not in pairs.columns:
             raise ValueError(f"pairs lacks a {column!r} column (expected build_eval_transitions' frame)")
-    users = np.asarray(users, dtype=np.int64).ravel()
-    movies = np.asarray(movies, dtype=np.int64).ravel()
-    times = np.asarray(times, dtype=np.int64).ravel()
+    users, movies, times = (_integers(c) for c in (users, movies, times))  # as given: no int64 copy of 32 M
     if not (len(users) == len(movies) == len(times)):
         raise ValueError("users, movies and times must have the same length")
     qu = pairs["userId"].to_numpy(np.int64)
@@ -121,7 +120,7 @@ def build_queries(pairs: pd.DataFrame, users, movies, times, max_len: int = 200)
     n = len(qu)
 
     rows = _rows_of(users, qu)
-    u, m, t = users[rows], movies[rows], times[rows]
+    u, m, t = (c[rows].astype(np.int64) for c in (users, movies, times))
     r = len(u)
     # One merged sort of ratings and queries by (user, time, movie); a query sorts before a rating
     # with the same key, so the ratings before a query are exactly those strictly before it.
@@ -143,6 +142,12 @@ def build_queries(pairs: pd.DataFrame, users, movies, times, max_len: int = 200)
     items = sm[idx]
     return Queries(prev=qp.copy(), users=qu.copy(), times=qt.copy(), offsets=offsets, items=items,
                    n_earlier=n_earlier)
+
+
+def _integers(column) -> np.ndarray:
+    """A ratings column as a flat integer array, int32 kept as it is (only the gathered rows widen)."""
+    column = np.asarray(column).ravel()
+    return column if column.dtype.kind in "iu" else column.astype(np.int64)
 
 
 def _rows_of(users: np.ndarray, wanted: np.ndarray) -> np.ndarray:
