@@ -147,3 +147,48 @@ def load_npz(path: StatePath) -> dict[str, np.ndarray]:
     source = io.BytesIO(path.read_bytes()) if is_remote(path) else path
     with np.load(source, allow_pickle=False) as arrays:
         return {name: arrays[name] for name in arrays.files}
+
+
+class FolderReader:
+    """Many small files of one folder, read in the order ``names`` gives (the TMDB cache: one file
+    per movie). A local folder is read file by file. On an object store that would cost two requests
+    per file, so one listing gives every object's write time and bodies are fetched concurrently,
+    ``batch`` at a time, ahead of the reader; a body is dropped from memory once read."""
+
+    def __init__(self, folder_path: StatePath, names: list[str] | None = None, batch: int = 256) -> None:
+        self.folder = folder_path
+        self.remote = is_remote(folder_path)
+        self._written: dict[str, float] = _listing_times(folder_path) if self.remote else {}
+        order = [n for n in (names or []) if n in self._written]
+        self._position = {name: i for i, name in enumerate(order)}
+        self._order, self._batch, self._bodies = order, batch, {}
+
+    def mtime(self, name: str) -> float | None:
+        """When ``name`` was last written (epoch seconds), None if it is not there."""
+        return self._written.get(name) if self.remote else mtime(self.folder / name)
+
+    def read(self, name: str) -> bytes:
+        if not self.remote or name not in self._position:
+            return (self.folder / name).read_bytes()
+        if name not in self._bodies:
+            start = self._position[name]
+            wanted = self._order[start: start + self._batch]
+            got = self.folder.fs.cat([f"{self.folder.path}/{n}" for n in wanted], on_error="omit")
+            self._bodies = {key.rsplit("/", 1)[-1]: value for key, value in got.items()}
+        body = self._bodies.pop(name, None)
+        return body if body is not None else (self.folder / name).read_bytes()
+
+
+def _listing_times(folder_path: UPath) -> dict[str, float]:
+    """``{name: LastModified as epoch seconds}`` of the objects directly under ``folder_path``."""
+    try:
+        entries = folder_path.fs.ls(folder_path.path, detail=True)
+    except FileNotFoundError:
+        return {}
+    out = {}
+    for entry in entries:
+        if entry.get("type") != "file":
+            continue
+        stamp = entry.get("LastModified", entry.get("mtime"))
+        out[entry["name"].rsplit("/", 1)[-1]] = stamp.timestamp() if hasattr(stamp, "timestamp") else float(stamp)
+    return out

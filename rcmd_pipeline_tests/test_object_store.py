@@ -41,8 +41,9 @@ from rcmd_pipeline import storage  # noqa: E402
 from rcmd_pipeline.assets.checks import all_checks  # noqa: E402
 from rcmd_pipeline.definitions import all_assets, build_resources  # noqa: E402
 from rcmd_pipeline.embeddings import EmbeddingCache  # noqa: E402
+from rcmd_pipeline.resources.tmdb import HttpTmdbClient  # noqa: E402
 from rcmd_pipeline_tests.conftest import small_run_config, synthetic_ratings, write_dataset  # noqa: E402
-from rcmd_pipeline_tests.fake_tmdb_server import FakeTmdbServer  # noqa: E402
+from rcmd_pipeline_tests.fake_tmdb_server import FakeTmdbServer, movie_body  # noqa: E402
 from rcmd_pipeline_tests.faulty_embeddings_server import free_port  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -322,3 +323,18 @@ def test_a_run_killed_twice_resumes_from_the_bucket_without_fetching_or_embeddin
     # the caches and values are objects; only the vector store and SQLite are on this machine
     assert sorted(p.name for p in local.iterdir()) == ["rcmd.sqlite", "vectors"]
     assert not any(key.endswith(".tmp") for key in _objects(s3, prefix))
+
+
+def test_tmdb_answers_and_not_found_markers_are_objects_and_the_next_fetch_asks_nothing(s3):
+    bodies = {2001: movie_body(2001), 2002: movie_body(2002)}  # 2003 is unknown: TMDB answers 404
+    items = [(1, 2001), (2, 2002), (3, 2003)]
+    with FakeTmdbServer(bodies, bearer="test-token") as tmdb:
+        client = HttpTmdbClient(base_url=tmdb.url, read_access_token="test-token", requests_per_second=100.0)
+        _, first = client.fetch_details(items, f"s3://{BUCKET}/tmdb-unit/ko-KR")
+        assert (first.fetched, first.not_found, first.from_cache) == (2, 1, 0)
+        assert set(_objects(s3, "tmdb-unit/ko-KR")) == {"2001.json", "2002.json", "not_found/2003"}
+        tmdb.reset_log()
+        records, second = client.fetch_details(items, f"s3://{BUCKET}/tmdb-unit/ko-KR")
+    assert tmdb.total() == 0
+    assert (second.fetched, second.not_found, second.from_cache) == (0, 1, 2)
+    assert records[1]["title"] == movie_body(2001)["title"]

@@ -614,12 +614,16 @@ class HttpTmdbClient(TmdbClient):
         stale: set[int] = set()  # cached but too old: refreshed, and served again if the refresh fails
         known_not_found: set[int] = set()
         max_age = None if self.max_age_days is None else self.max_age_days * _DAY
+        # on an object store: one listing for the write times, bodies fetched concurrently (storage.FolderReader)
+        cached_bodies = storage.FolderReader(cache, [f"{tmdb_id}.json" for tmdb_id in by_tmdb])
+        markers = storage.FolderReader(cache / NOT_FOUND_DIR)
         for tmdb_id, movie_ids in by_tmdb.items():
             body_path = cache / f"{tmdb_id}.json"
-            age = _age_seconds(body_path, now)
+            written = cached_bodies.mtime(body_path.name)
+            age = None if written is None else now - written
             if age is not None:
                 try:
-                    body = json.loads(body_path.read_bytes())
+                    body = json.loads(cached_bodies.read(body_path.name))
                     for movie_id in movie_ids:  # validate before trusting the cache
                         _checked_record(movie_id, tmdb_id, body)
                 except (OSError, ValueError, TmdbError) as exc:
@@ -632,7 +636,8 @@ class HttpTmdbClient(TmdbClient):
                         continue
                     stale.add(tmdb_id)
             else:
-                marker_age = _age_seconds(cache / NOT_FOUND_DIR / str(tmdb_id), now)
+                marked = markers.mtime(str(tmdb_id))
+                marker_age = None if marked is None else now - marked
                 if marker_age is not None:
                     known_not_found.add(tmdb_id)
                     if marker_age <= self.retry_not_found_after_days * _DAY:
