@@ -88,8 +88,11 @@ def movie_overview_embeddings(
     previous = unchanged_since(context, version, still_there=stored is not None and stored.suffix == ".npz")
     if previous is not None and _value(previous[1], CONTENT_VERSION):
         out = kept(context, version, previous)
+        rows = _value(previous[1], "dagster/row_count") or 0
+        # this run's counts, not the previous run's: nothing was embedded, every vector was reused
         return Output(out.value, data_version=DataVersion(str(_value(previous[1], CONTENT_VERSION))),
-                      metadata=out.metadata)
+                      metadata={**out.metadata, "embedded": 0, "reused": int(rows), "migrated": 0,
+                                "texts_per_second": MetadataValue.float(0.0)})
 
     texts = [embedding_text(t, o) for t, o in zip(tmdb_movie_info_kr["title"], tmdb_movie_info_kr["overview"],
                                                   strict=True)]
