@@ -49,6 +49,7 @@ _SORT_ROWS = 4_000_000  # ratings per block of users when ordering the sequences
 _BLOCK_CODES = 6_000_000  # pair instances per block of source movies
 _DENSE_CELLS = 8_000_000  # a block's (sources x movies) cells summed with bincount when at most this
 _MAX_BLOCK_SOURCES = 1 << 15
+_PAD = 64  # padding around the sequences: a window of +-64 positions reads any position's neighbours
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -187,11 +188,19 @@ class _Sequences:
     positions p and p + g (g <= 255) belong to one user iff ``left[p] >= g``. 5 bytes a rating.
     """
 
-    movie: np.ndarray  # int32 rank per position
-    left: np.ndarray  # uint8
+    movie_buf: np.ndarray  # int32 rank per position, _PAD positions of -1 on either side
+    left_buf: np.ndarray  # uint8, _PAD zeros on either side
     ids_by_rank: np.ndarray  # int64 movie id of each rank
     counts_by_rank: np.ndarray  # int64 ratings of each rank
     last_time: np.ndarray
+
+    @property
+    def movie(self) -> np.ndarray:
+        return self.movie_buf[_PAD:len(self.movie_buf) - _PAD]
+
+    @property
+    def left(self) -> np.ndarray:
+        return self.left_buf[_PAD:len(self.left_buf) - _PAD]
 
     def dense_of_rank(self) -> np.ndarray:
         """Index of each rank's movie among the sorted movie ids (the states' ``item_ids`` order)."""
@@ -261,10 +270,15 @@ def _sequences(users, movies, times, sort_rows: int = _SORT_ROWS) -> _Sequences:
     by_rank = _popular_order(counts)
     rank_of = np.empty(m, dtype=np.int32)
     rank_of[by_rank] = np.arange(m, dtype=np.int32)
-    movie = np.empty(n, dtype=np.int32)
-    left = np.empty(n, dtype=np.uint8)
+    movie_buf = np.empty(n + 2 * _PAD, dtype=np.int32)
+    left_buf = np.empty(n + 2 * _PAD, dtype=np.uint8)
+    for buf, fill in ((movie_buf, -1), (left_buf, 0)):
+        buf[:_PAD] = fill
+        buf[len(buf) - _PAD:] = fill
+    result = _Sequences(movie_buf, left_buf, dense_movie.ids[by_rank], counts[by_rank], _last_time(times))
+    movie, left = result.movie, result.left
     if n == 0:
-        return _Sequences(movie, left, dense_movie.ids[by_rank], counts[by_rank], _last_time(times))
+        return result
     dense_user = _Densifier(users)
     user_counts = dense_user.counts(users)
     t0 = int(times.min())
@@ -307,7 +321,7 @@ def _sequences(users, movies, times, sort_rows: int = _SORT_ROWS) -> _Sequences:
         done += len(u)
         first = last
         del u, mv, starts, run_end
-    return _Sequences(movie, left, dense_movie.ids[by_rank], counts[by_rank], _last_time(times))
+    return result
 
 
 # ------------------------------------------------------------------------------------------------ pair tables
@@ -328,51 +342,59 @@ def _source_blocks(counts_by_rank: np.ndarray, per_source_codes: int, block_code
     return blocks
 
 
+def _place_in_runs(sorted_keys: np.ndarray) -> np.ndarray:
+    """Position of each element within its run of equal keys (keys sorted)."""
+    n = len(sorted_keys)
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]) if n else _EMPTY
+    place = np.arange(n, dtype=np.int64)
+    place -= np.repeat(starts, np.diff(np.r_[starts, n]))
+    return place
+
+
 def _block_pairs(seq: _Sequences, pos: np.ndarray, lo: int, shifts: list[int], gap_codes: bool,
                  dense: bool, gap_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(pair code (source - lo) * m + target, integer weight) of a block's sources, summed exactly.
 
-    A shift d pairs position p with p + d (same user, another movie). ``dense`` sums with bincount
-    over the block's (sources x m) cells; otherwise codes (with the gap in the low digits when
-    ``gap_codes``) are sorted and counted in runs.
+    A shift d pairs position p with p + d (same user, another movie). Each source position's
+    neighbours are read as one row of a sliding window over the padded sequence (contiguous
+    memory, all shifts at once). ``dense`` sums with bincount over the block's (sources x m)
+    cells; otherwise codes (with the gap in the low digits when ``gap_codes``) are sorted and
+    counted in runs.
     """
     m = len(seq.ids_by_rank)
-    movie, left = seq.movie, seq.left
-    src_all = movie[pos].astype(np.int64)
-    src_all -= lo
-    n_src = int(src_all.max()) + 1 if len(src_all) else 0
     n_gaps = len(gap_weights)
-    parts = []
-    acc = np.zeros(n_src * m, dtype=np.int64) if dense else None
-    for d in shifts:
-        g = abs(d)
-        if d > 0:
-            ok = left[pos] >= g
-        else:
-            ok = pos >= g
-            ok[ok] = left[pos[ok] - g] >= g
-        p = pos[ok]
-        src = src_all[ok]
-        dst = movie[p + d]
-        del p, ok
-        differ = dst != src + lo
-        code = src[differ] * m
-        code += dst[differ]
-        del src, dst, differ
-        if dense:
-            acc += np.bincount(code, minlength=len(acc)) * int(gap_weights[g - 1])
-        elif gap_codes:
-            code *= n_gaps
-            code += g - 1
-            parts.append(code)
-        else:
-            parts.append(code)
-        del code
+    reach = max(abs(d) for d in shifts)
+    offsets = np.array(shifts, dtype=np.int64)
+    gaps = np.abs(offsets)
+    rows = (pos + (_PAD - reach))[:, None]
+    movie_rows = np.lib.stride_tricks.sliding_window_view(seq.movie_buf, 2 * reach + 1)
+    left_rows = np.lib.stride_tricks.sliding_window_view(seq.left_buf, 2 * reach + 1)
+    # p and p + d share a user iff left[min(p, p + d)] >= |d|
+    valid = left_rows[rows, np.where(offsets > 0, reach, reach + offsets)[None, :]] >= gaps[None, :]
+    target = movie_rows[rows, (reach + offsets)[None, :]]
+    source = movie_rows[rows, reach]
+    del rows
+    valid &= target != source
+    source = source.astype(np.int64)
+    source -= lo
+    source *= m
+    code = target + source  # int64 (sources x shifts)
+    del target, source
+    if gap_codes and not dense:
+        code *= n_gaps
+        code += gaps - 1
+    code = code[valid]
     if dense:
+        cells = (int(code.max()) // m + 1) * m if len(code) else 0
+        if gap_codes:  # integer weights: float64 sums are exact below 2**53
+            weight = np.broadcast_to(gap_weights[gaps - 1].astype(np.float64), valid.shape)[valid]
+            acc = np.bincount(code, weights=weight, minlength=cells).astype(np.int64)
+        else:
+            acc = np.bincount(code, minlength=cells) * int(gap_weights[0])
+        del code, valid
         pair = np.flatnonzero(acc)
         return pair, acc[pair]
-    code = np.concatenate(parts) if parts else _EMPTY
-    del parts
+    del valid
     if len(code) == 0:
         return _EMPTY, _EMPTY
     code.sort()
@@ -412,8 +434,7 @@ def _best_first(src: np.ndarray, dst: np.ndarray, weight: np.ndarray, value: np.
     value_bits = int(desc.max()).bit_length()
     if src_bits + value_bits + rank_bits > 63:
         order = np.lexsort((dst, -value, src))
-        place = np.arange(len(order)) - np.searchsorted(src[order], src[order], side="left")
-        return order[place < top_k]
+        return order[_place_in_runs(src[order]) < top_k]
     key = src << (value_bits + rank_bits)
     key |= desc << rank_bits
     key |= dst
@@ -421,7 +442,7 @@ def _best_first(src: np.ndarray, dst: np.ndarray, weight: np.ndarray, value: np.
     order = np.argsort(key)
     del key
     s = src[order]
-    place = np.arange(len(order)) - np.searchsorted(s, s, side="left")
+    place = _place_in_runs(s)
     if exact_by_weight:
         return order[place < top_k]
     # candidates: the top_k, plus targets tied in float32 with a source's top_k-th
@@ -437,8 +458,7 @@ def _best_first(src: np.ndarray, dst: np.ndarray, weight: np.ndarray, value: np.
     if wrong.any():
         order = order[np.lexsort((t, -v, s))]
         s = src[order]
-    place = np.arange(len(order)) - np.searchsorted(s, s, side="left")
-    return order[place < top_k]
+    return order[_place_in_runs(s) < top_k]
 
 
 def _pair_table(users, movies, times, gap_weights: np.ndarray, scale: int, symmetric: bool, top_k: int,
@@ -493,12 +513,11 @@ def _pair_table(users, movies, times, gap_weights: np.ndarray, scale: int, symme
                 value = value / (np.sqrt(counts[src + lo].astype(np.float64) * counts[dst]) + shrink)
             keep = _best_first(src, dst, weight, value, top_k, exact_by_weight=shrink is None)
             src_k = src[keep]
-            first = np.searchsorted(src_k, src_k, side="left")
             kept_src.append((src_k + lo).astype(np.int32))
-            kept_place.append((np.arange(len(keep)) - first).astype(np.int32))
+            kept_place.append(_place_in_runs(src_k).astype(np.int32))
             kept_dst.append(dst[keep].astype(np.int32))
             kept_w.append(value[keep].astype(np.float32))
-            del src, dst, weight, value, keep, src_k, first
+            del src, dst, weight, value, keep, src_k
         del g_pos, g_movie
     # rows by movie id (the state's order), each row best first
     dense_of_rank = seq.dense_of_rank().astype(np.int32)
