@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from dagster import AssetKey, DagsterInstance, materialize
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter, materialize
 
 from rcmd_pipeline.definitions import all_assets
 from rcmd_pipeline.embeddings import EmbeddingCache, embedding_text
@@ -437,6 +437,16 @@ def _kill_when(proc, reached, timeout: float = 120) -> None:
             proc.wait()
 
 
+def _as_run_monitoring_would(home: Path) -> None:
+    """What the daemon's run monitoring does for a run whose worker died (``test_daemon.py`` shows it
+    with a real daemon; none runs here): mark the run failed and free the concurrency-pool slots
+    its steps held, so the next run's TMDB and embedding steps are not left waiting for them."""
+    with DagsterInstance.from_config(str(home)) as instance:
+        for run in instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING])):
+            instance.report_run_failed(run, "run worker killed (SIGKILL)")
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+
+
 def _start_cli(dataset: Path, state: Path, home: Path, log: Path, config: dict | None = None) -> subprocess.Popen:
     """``dagster asset materialize --select '*'`` in its own process group, output to ``log``."""
     home.mkdir(parents=True, exist_ok=True)
@@ -551,6 +561,7 @@ def test_a_run_killed_at_a_stage_and_rerun_ends_like_an_uninterrupted_run(tmp_pa
     assert "RUN_SUCCESS" not in log.read_text(errors="replace")
     saved = len(EmbeddingCache(state / "embedding_cache").load())
     print(f"killed at {stage} during step {_last_step_started(log)}: {_left_behind(state)}")
+    _as_run_monitoring_would(home)
 
     _finish(_start_cli(cli_dataset, state, home, log), log)  # the next night (or a manual retry)
     _assert_same_outputs(_final_outputs(state), uninterrupted)
@@ -572,6 +583,7 @@ def test_a_nightly_run_killed_while_rebuilding_keeps_serving_the_previous_night(
     _kill_when(proc, lambda: (state / "vectors" / COLLECTION / "g000002").exists())
     assert proc.returncode == -signal.SIGKILL, "the run ended before the rebuild started"
     print(f"nightly run killed during step {_last_step_started(log)}: {_left_behind(state)}")
+    _as_run_monitoring_would(home)
     # what readers see the morning after: last night's collection and tables, untouched
     now = _final_outputs(state)
     served, before = now["served"], last_night["served"]
