@@ -62,7 +62,7 @@ def _value(metadata: dict, key: str):
     return getattr(entry, "value", entry)
 
 
-@asset(group_name=GROUP, kinds={"python", "parquet"}, pool="embeddings_api")  # rcmd_pipeline.operations.EMBEDDINGS_POOL
+@asset(group_name=GROUP, kinds={"python", "numpy"}, pool="embeddings_api")  # rcmd_pipeline.operations.EMBEDDINGS_POOL
 def movie_overview_embeddings(
     context: AssetExecutionContext,
     config: EmbeddingConfig,
