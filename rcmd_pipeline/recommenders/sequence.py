@@ -652,22 +652,22 @@ def _restricted(seq: _Sequences, size: int) -> tuple[np.ndarray, np.ndarray]:
 def _offset_counts(x: np.ndarray, u: np.ndarray, size: int, span: int, a: int, b: int) -> np.ndarray:
     """int64 (size * size) counts of the pairs (x[i+a], x[i+b]) over i with u[i] == u[i+span].
 
-    Chunk by chunk: each chunk's pair codes are sorted and their run lengths added (exact integers).
+    Chunk by chunk (bincount of each chunk's pair codes: exact integers); a == b counts only the
+    diagonal, so it bincounts the movies themselves.
     """
     acc = np.zeros(size * size, dtype=np.int64)
     n = len(x) - span
-    for lo, hi in _chunks(max(n, 0)):
+    for lo, hi in _chunks(max(n, 0), 2 * _CHUNK):
         ok = u[lo:hi] == u[lo + span:hi + span]
+        if a == b:
+            acc[::size + 1] += np.bincount(x[lo + a:hi + a][ok], minlength=size)
+            continue
         code = x[lo + a:hi + a][ok].astype(np.int64)
         code *= size
         code += x[lo + b:hi + b][ok]
         del ok
-        if len(code) == 0:
-            continue
-        code.sort()
-        first = np.flatnonzero(np.r_[True, code[1:] != code[:-1]])
-        acc[code[first]] += np.diff(np.r_[first, len(code)])
-        del code, first
+        acc += np.bincount(code, minlength=len(acc))
+        del code
     return acc
 
 
