@@ -51,6 +51,7 @@ BUCKET = "rcmd-state"
 MOVIES = list(range(1, 13))  # the small data set: MovieLens ids 1-12, TMDB ids 1001-1012
 WITH_OVERVIEW = [m for m in MOVIES if m % 5]  # conftest's snapshot: movies 5 and 10 have no overview
 PASSED_ON = ("RCMD_", "OPENAI_", "QDRANT_", "TMDB_", "DAGSTER_", "AWS_")
+AWS_SECRET = "s3-secret-7Qx2vR9"  # a dummy credential: it must appear in no log
 CHUNK = 2  # texts per embedding chunk in the CLI runs: several parts, so a kill lands between two
 
 
@@ -62,7 +63,7 @@ def s3():
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test-key-id",
-           "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+           "AWS_SECRET_ACCESS_KEY": AWS_SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
     with pytest.MonkeyPatch.context() as patch:
         for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
             patch.delenv(name, raising=False)
@@ -312,6 +313,7 @@ def test_a_run_killed_twice_resumes_from_the_bucket_without_fetching_or_embeddin
         text = log.read_text(errors="replace")
         assert proc.returncode == 0 and "RUN_SUCCESS" in text, text[-3000:]
         assert tmdb.total() == 0, tmdb.counts()
+        assert AWS_SECRET not in text, "the S3 secret key appears in the runs' output"
     with DagsterInstance.from_config(str(home)) as instance:
         event = instance.get_latest_materialization_event(AssetKey("movie_overview_embeddings"))
         meta = {k: v.value for k, v in event.asset_materialization.metadata.items()}
