@@ -49,6 +49,7 @@ from rcmd_pipeline.recommenders.registry import (
     needs_of,
 )
 from rcmd_pipeline.resources.lazy_input import LAZY, LazyValue
+from rcmd_pipeline.resources.local_state import release_memory
 
 MODEL_GROUP = "models"
 EVALUATION_GROUP = "evaluation"
@@ -134,6 +135,7 @@ def build_model_asset(strategy: Strategy, registry: Sequence[Strategy]) -> Asset
             metadata.update({"training_ratings": len(movies),
                              "training_cutoff": MetadataValue.timestamp(float(cutoff))})
         del ratings
+        release_memory()  # the loaded frame is gone: hand its pages back before the model is built
         if Needs.SERIES in needs:
             series_catalog = context.resources.movie_db.series_catalog()
         state = strategy.build(BuildInputs(catalog_ids=catalog_ids, training=training,
