@@ -441,12 +441,9 @@ class OpenAIEmbedder(Embedder):
     def dimension(self) -> int:
         """``dimensions`` when set; else the vector length seen in an answer; else OpenAI's documented
         size for its own models on api.openai.com; else one request embedding a probe text."""
-        if self.dimensions:
-            return int(self.dimensions)
-        if self._dimension is not None:
-            return self._dimension
-        if self._is_openai() and self.model in _OPENAI_MODEL_DIMENSIONS:
-            return _OPENAI_MODEL_DIMENSIONS[self.model]
+        known = self.known_dimension()
+        if known is not None:
+            return known
         self._embed(["dimension probe"])
         assert self._dimension is not None
         return self._dimension
