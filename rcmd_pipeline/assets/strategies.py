@@ -51,7 +51,7 @@ from rcmd_pipeline.recommenders.registry import (
 from rcmd_pipeline.resources.lazy_input import LAZY, LazyValue
 from rcmd_pipeline.resources.local_state import release_memory
 
-MODEL_GROUP = "models"
+MODEL_GROUP = "evaluation"  # with the evaluation set they learn before: "Materialize all" keeps them consistent
 EVALUATION_GROUP = "evaluation"
 TRAINING_COLUMNS = ["userId", "movieId", "timestamp"]
 
