@@ -42,6 +42,7 @@ from rcmd_pipeline.assets.checks import all_checks  # noqa: E402
 from rcmd_pipeline.definitions import all_assets, build_resources  # noqa: E402
 from rcmd_pipeline.embeddings import EmbeddingCache  # noqa: E402
 from rcmd_pipeline.resources.tmdb import HttpTmdbClient  # noqa: E402
+from rcmd_pipeline_tests.comparisons import assert_same_scores  # noqa: E402
 from rcmd_pipeline_tests.conftest import small_run_config, synthetic_ratings, write_dataset  # noqa: E402
 from rcmd_pipeline_tests.fake_tmdb_server import FakeTmdbServer, movie_body  # noqa: E402
 from rcmd_pipeline_tests.faulty_embeddings_server import free_port  # noqa: E402
@@ -133,13 +134,7 @@ def _assert_same_outputs(got: dict, want: dict) -> None:
                 np.testing.assert_allclose(got["models"][name][key], array, rtol=0, atol=1e-6, err_msg=f"{name}.{key}")
             else:
                 np.testing.assert_array_equal(got["models"][name][key], array, err_msg=f"{name}.{key}")
-    assert sorted(got["hit_ratios"]) == sorted(want["hit_ratios"]) and len(want["hit_ratios"]) == 7
-    for name, value in want["hit_ratios"].items():
-        for key in ("strategy", "k", "n", "hit_ratio"):
-            assert got["hit_ratios"][name][key] == value[key], (name, key)
-        np.testing.assert_array_equal(got["hit_ratios"][name]["hits"], value["hits"])
-        np.testing.assert_array_equal(got["hit_ratios"][name]["recommendations"], value["recommendations"])
-    pd.testing.assert_frame_equal(got["leaderboard"], want["leaderboard"])
+    assert_same_scores(got, want)
 
 
 @pytest.fixture(scope="module")
