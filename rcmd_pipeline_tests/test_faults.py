@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter, materialize
+from dagster import AssetKey, DagsterInstance, materialize
 
 from rcmd_pipeline.definitions import all_assets
 from rcmd_pipeline.embeddings import EmbeddingCache, embedding_text
@@ -44,6 +44,7 @@ from rcmd_pipeline_tests.comparisons import assert_same_scores
 from rcmd_pipeline_tests.conftest import embedded_resources, small_run_config, synthetic_ratings, write_dataset
 from rcmd_pipeline_tests.fake_tmdb_server import FakeTmdbServer, Fault, drop, movie_body
 from rcmd_pipeline_tests.faulty_embeddings_server import FaultyEmbeddingsServer, free_port, unit_vector
+from rcmd_pipeline_tests.killed_runs import fail_killed_runs, kill_when
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 COLLECTION = "movie_emb_kr"
@@ -422,32 +423,6 @@ STAGES = {  # the first file each stage writes, relative to RCMD_DATA_DIR
 }
 
 
-def _kill_when(proc, reached, timeout: float = 120) -> None:
-    """SIGKILL the run's whole process group as soon as ``reached()`` is true (or leave it to end)."""
-    try:
-        deadline = time.monotonic() + timeout
-        while proc.poll() is None and time.monotonic() < deadline:
-            if reached():
-                os.killpg(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.002)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def _as_run_monitoring_would(home: Path) -> None:
-    """What the daemon's run monitoring does for a run whose worker died (``test_daemon.py`` shows it
-    with a real daemon; none runs here): mark the run failed and free the concurrency-pool slots
-    its steps held, so the next run's TMDB and embedding steps are not left waiting for them."""
-    with DagsterInstance.from_config(str(home)) as instance:
-        for run in instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING])):
-            instance.report_run_failed(run, "run worker killed (SIGKILL)")
-            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
-
-
 def _start_cli(dataset: Path, state: Path, home: Path, log: Path, config: dict | None = None) -> subprocess.Popen:
     """``dagster asset materialize --select '*'`` in its own process group, output to ``log``."""
     home.mkdir(parents=True, exist_ok=True)
@@ -551,12 +526,12 @@ def test_a_run_killed_at_a_stage_and_rerun_ends_like_an_uninterrupted_run(tmp_pa
                                                                            stage):
     state, home, log = tmp_path / "state", tmp_path / "home", tmp_path / "run.log"
     proc = _start_cli(cli_dataset, state, home, log)
-    _kill_when(proc, lambda: any(state.glob(STAGES[stage])))
+    kill_when(proc, lambda: any(state.glob(STAGES[stage])))
     assert proc.returncode == -signal.SIGKILL, f"the run ended ({proc.returncode}) before {stage} was reached"
     assert "RUN_SUCCESS" not in log.read_text(errors="replace")
     saved = len(EmbeddingCache(state / "embedding_cache").load())
     print(f"killed at {stage} during step {_last_step_started(log)}: {_left_behind(state)}")
-    _as_run_monitoring_would(home)
+    fail_killed_runs(home)
 
     _finish(_start_cli(cli_dataset, state, home, log), log)  # the next night (or a manual retry)
     _assert_same_outputs(_final_outputs(state), uninterrupted)
@@ -575,10 +550,10 @@ def test_a_nightly_run_killed_while_rebuilding_keeps_serving_the_previous_night(
     assert last_night["served"]["info"]["generation"] == 1
     # tonight: killed while the next generation is built (asked for: unchanged points keep the generation)
     proc = _start_cli(cli_dataset, state, home, log, REBUILD["ops"])
-    _kill_when(proc, lambda: (state / "vectors" / COLLECTION / "g000002").exists())
+    kill_when(proc, lambda: (state / "vectors" / COLLECTION / "g000002").exists())
     assert proc.returncode == -signal.SIGKILL, "the run ended before the rebuild started"
     print(f"nightly run killed during step {_last_step_started(log)}: {_left_behind(state)}")
-    _as_run_monitoring_would(home)
+    fail_killed_runs(home)
     # what readers see the morning after: last night's collection and tables, untouched
     now = _final_outputs(state)
     served, before = now["served"], last_night["served"]

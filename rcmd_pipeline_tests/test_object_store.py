@@ -25,13 +25,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter, materialize
+from dagster import AssetKey, DagsterInstance, materialize
 
 moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed: pip install -e '.[dev]'")
 boto3 = pytest.importorskip("boto3", reason="boto3 (a dependency of moto) is not installed")
@@ -46,6 +45,7 @@ from rcmd_pipeline_tests.comparisons import assert_same_scores  # noqa: E402
 from rcmd_pipeline_tests.conftest import small_run_config, synthetic_ratings, write_dataset  # noqa: E402
 from rcmd_pipeline_tests.fake_tmdb_server import FakeTmdbServer, movie_body  # noqa: E402
 from rcmd_pipeline_tests.faulty_embeddings_server import free_port  # noqa: E402
+from rcmd_pipeline_tests.killed_runs import fail_killed_runs, kill_when  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "rcmd-state"
@@ -239,31 +239,6 @@ def _start_cli(dataset: Path, data_dir: str, local: Path, home: Path, log: Path,
                                 start_new_session=True)
 
 
-def _kill_when(proc: subprocess.Popen, reached, timeout: float = 120) -> None:
-    """SIGKILL the run's process group as soon as ``reached()`` is true (or let it end)."""
-    try:
-        deadline = time.monotonic() + timeout
-        while proc.poll() is None and time.monotonic() < deadline:
-            if reached():
-                os.killpg(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.01)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def _fail_killed_runs(home: Path) -> None:
-    """What run monitoring does for a run whose process died (``dagster-daemon``, tested in
-    test_daemon.py): mark it failed and free the pool slots it held, so the next run may call TMDB."""
-    with DagsterInstance.from_config(str(home)) as instance:
-        for record in instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.STARTED])):
-            instance.report_run_failed(record.dagster_run, "the run's process was killed (SIGKILL)")
-            instance.event_log_storage.free_concurrency_slots_for_run(record.dagster_run.run_id)
-
-
 def _cached_ids(client, prefix: str) -> set[int]:
     return {int(key[len(CACHE):-len(".json")]) for key in _objects(client, prefix)
             if key.startswith(CACHE) and key.endswith(".json")}
@@ -280,17 +255,17 @@ def test_a_run_killed_twice_resumes_from_the_bucket_without_fetching_or_embeddin
     with FakeTmdbServer({i: (snapshot / f"{i}.json").read_bytes() for i in every_id}, bearer="test-token") as tmdb:
         # 1. killed while fetching TMDB: what arrived is in the bucket
         proc = _start_cli(dataset, url, local, home, log, tmdb.url)
-        _kill_when(proc, lambda: len(_cached_ids(s3, prefix)) >= 3)
+        kill_when(proc, lambda: len(_cached_ids(s3, prefix)) >= 3, poll=0.01)
         assert proc.returncode == -signal.SIGKILL, f"the run ended ({proc.returncode}) before it was killed"
         cached = _cached_ids(s3, prefix)
         assert 3 <= len(cached) < len(every_id), cached
         assert max(tmdb.counts().values()) == 1
-        _fail_killed_runs(home)
+        fail_killed_runs(home)
 
         # 2. resumed, killed while embedding: only the missing movies are asked for
         tmdb.reset_log()
         proc = _start_cli(dataset, url, local, home, log, tmdb.url)
-        _kill_when(proc, lambda: any(k.startswith("embedding_cache/part-") for k in _objects(s3, prefix)))
+        kill_when(proc, lambda: any(k.startswith("embedding_cache/part-") for k in _objects(s3, prefix)), poll=0.01)
         assert proc.returncode == -signal.SIGKILL, f"the run ended ({proc.returncode}) before it was killed"
         asked = tmdb.counts()
         assert set(asked) == every_id - cached and max(asked.values()) == 1, (sorted(asked), sorted(cached))
@@ -299,7 +274,7 @@ def test_a_run_killed_twice_resumes_from_the_bucket_without_fetching_or_embeddin
         assert 1 <= saved < len(WITH_OVERVIEW), saved
         print(f"killed with {len(cached)} of {len(every_id)} TMDB answers, then with {saved} of "
               f"{len(WITH_OVERVIEW)} vectors in the bucket")
-        _fail_killed_runs(home)
+        fail_killed_runs(home)
 
         # 3. resumed to the end: TMDB is not asked again, only the texts not saved are embedded
         tmdb.reset_log()
