@@ -14,7 +14,7 @@ from typing import Any
 
 from dagster import ConfigurableIOManager, InputContext, OutputContext
 
-from rcmd_pipeline.resources.local_state import LocalStateIOManager, release_memory
+from rcmd_pipeline.resources.local_state import LocalStateIOManager
 
 LAZY = "lazy_input"
 """The resource key of :class:`LazyInputManager` in the definitions."""
@@ -41,8 +41,7 @@ class LazyInputManager(ConfigurableIOManager):
     base_dir: str
 
     def load_input(self, context: InputContext) -> LazyValue:
-        release_memory()  # a step starts here: give back what earlier steps freed
-        manager = LocalStateIOManager(base_dir=self.base_dir)
+        manager = LocalStateIOManager(base_dir=self.base_dir)  # its load_input hands freed memory back first
         return LazyValue(lambda: manager.load_input(context), context.asset_key.to_user_string())
 
     def handle_output(self, context: OutputContext, obj) -> None:
