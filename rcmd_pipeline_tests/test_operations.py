@@ -197,16 +197,31 @@ def test_two_runs_share_one_embeddings_pool_slot(tmp_path):
 
             runs = wait_until(both_runs, 180, "two runs")
 
+            blocked_message = f"blocked by limit for pool {operations.EMBEDDINGS_POOL}"
+
             def holder_and_blocked():
+                # the holder has started the step; the other run has not, and was told the pool is full
+                # (the holder may have been told so too for a moment, if both asked at the same instant)
                 logs = {run_id: _events(home, run_id) for run_id in runs}
                 holder = [r for r in runs if _step_time(logs[r], step, DagsterEventType.STEP_START)]
-                blocked = [r for r in runs if any(f"blocked by limit for pool {operations.EMBEDDINGS_POOL}"
-                                                  in (e.message or "") for e in logs[r])]
+                blocked = [r for r in runs if r not in holder
+                           and any(blocked_message in (e.message or "") for e in logs[r])]
                 return (holder[0], blocked[0]) if len(holder) == 1 and len(blocked) == 1 else None
+
+            def what_was_seen() -> str:
+                lines = [f"server: waiting={server.waiting()} answered={len(server.answered)}"]
+                for run_id in runs:
+                    lines += [f"run {run_id}:"] + [f"  {e.dagster_event.event_type_value if e.dagster_event else ''}"
+                                                   f" {(e.message or '')[:160]}" for e in _events(home, run_id)[-15:]]
+                for proc in procs:
+                    if proc.poll() is not None:
+                        lines.append(f"a dg launch exited {proc.returncode}: {proc.stderr.read()[-2000:]}")
+                return "\n".join(lines)
 
             # the first run's step is in the API (its request held), the second run's step waits for the slot
             holder, blocked = wait_until(lambda: server.waiting() >= 1 and holder_and_blocked(), 180,
-                                         "one run embedding while the other is blocked on the pool")
+                                         "one run embedding while the other is blocked on the pool",
+                                         on_timeout=what_was_seen)
             assert holder != blocked
             server.open()
             for proc in procs:
