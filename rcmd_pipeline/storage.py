@@ -142,6 +142,13 @@ def read_parquet(path: StatePath, columns: list[str] | None = None) -> pa.Table:
     return pq.read_table(path, columns=columns)
 
 
+def parquet_file(path: StatePath) -> pq.ParquetFile:
+    """A Parquet file opened for reading row group by row group (range reads on an object store)."""
+    if is_remote(path):
+        return pq.ParquetFile(path.path, filesystem=path.fs)
+    return pq.ParquetFile(path)
+
+
 def load_npz(path: StatePath) -> dict[str, np.ndarray]:
     """Every array of an ``.npz`` file (no pickles)."""
     source = io.BytesIO(path.read_bytes()) if is_remote(path) else path

@@ -13,7 +13,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from rcmd_pipeline.evaluation import InsufficientDataError, TransitionSettings, build_eval_transitions
-from rcmd_pipeline.recommenders import PAD, Recommender
+from rcmd_pipeline.recommenders import PAD, Recommender, learned
 from rcmd_pipeline.recommenders.learned import (
     HybridRecommender,
     NextMovieRecommender,
@@ -254,6 +254,26 @@ def test_transition_pairs_match_a_pandas_reference_on_every_sort_path(layout):
     assert (counted.distance == 1).all()
     assert (counted.prev_timestamp <= counted.timestamp).all()
     assert NextMovieRecommender(users, movies, times).pair_count == len(pairs)
+
+
+@pytest.mark.parametrize("window", [1, 3])
+def test_pieces_and_user_blocks_count_what_one_piece_counts(monkeypatch, window):
+    """At 32 M ratings the history is sorted in blocks of users and the pairs coded chunk by chunk (to
+    bound memory); with tiny chunks and blocks the counts are those of the plain reference."""
+    rng = np.random.default_rng(11)
+    n = 3_000
+    users, movies, times = rng.integers(1, 300, n), rng.integers(1, 40, n), rng.integers(0, 500, n)
+    rows = list(zip(users.tolist(), movies.tolist(), times.tolist(), strict=True))
+    monkeypatch.setattr(learned, "_CHUNK", 97)
+    monkeypatch.setattr(learned, "_SORT_BLOCK_ROWS", 250)
+    rec = NextMovieRecommender(users, movies, times, window=window)
+    expected = reference_next_movies(rows, window)
+    for movie in range(1, 40):
+        assert [m for m, _ in rec.next_movies(movie)] == [m for m, _ in expected.get(movie, [])]
+        assert [c for _, c in rec.next_movies(movie)] == pytest.approx(
+            [float(c) for _, c in expected.get(movie, [])])
+    pairs = transition_pairs(users, movies, times)
+    assert sorted(map(tuple, pairs.to_frame()[EVAL_KEY].to_numpy().tolist())) == reference_pairs(users, movies, times)
 
 
 # ---------------------------------------------------------------------------- hybrid

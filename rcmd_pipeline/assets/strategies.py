@@ -99,6 +99,15 @@ def _with_signature(fn, names: Sequence[str], config: type | None):
     return fn
 
 
+def _training(ratings: LazyValue, cutoff: int) -> TrainingWindow:
+    """The training window (:func:`training_window`: the ratings strictly before ``cutoff``) read
+    straight from the stored ratings into its three arrays, row group by row group: at MovieLens 32M
+    0.45 GB, where a DataFrame of every rating and its filtered copy took about 1.5 GB."""
+    window = ratings.arrays(TRAINING_COLUMNS, below=("timestamp", cutoff))
+    users, movies, times = training_window(window["userId"], window["movieId"], window["timestamp"], cutoff)
+    return TrainingWindow(users, movies, times, cutoff)
+
+
 def build_model_asset(strategy: Strategy, registry: Sequence[Strategy]) -> AssetsDefinition:
     needs = strategy.needs
     ins: dict[str, AssetIn] = {}
@@ -123,19 +132,14 @@ def build_model_asset(strategy: Strategy, registry: Sequence[Strategy]) -> Asset
             return versioning.kept(context, version, previous)
         started = time.perf_counter()
         metadata: dict = {}
-        ratings = inputs["movielens_ratings"].load() if "movielens_ratings" in inputs else None
         catalog_ids = training = series_catalog = None
         if Needs.CATALOG_IDS in needs:
-            catalog_ids = ratings["movieId"].unique()
+            catalog_ids = pd.unique(inputs["movielens_ratings"].arrays(["movieId"])["movieId"])
         if Needs.TRAINING in needs:
-            cutoff = leakage_cutoff(inputs["eval_transitions"].load())
-            users, movies, times = training_window(ratings["userId"].to_numpy(), ratings["movieId"].to_numpy(),
-                                                   ratings["timestamp"].to_numpy(), cutoff)
-            training = TrainingWindow(users, movies, times, cutoff)
-            metadata.update({"training_ratings": len(movies),
-                             "training_cutoff": MetadataValue.timestamp(float(cutoff))})
-        del ratings
-        release_memory()  # the loaded frame is gone: hand its pages back before the model is built
+            training = _training(inputs["movielens_ratings"], leakage_cutoff(inputs["eval_transitions"].load()))
+            metadata.update({"training_ratings": len(training.movies),
+                             "training_cutoff": MetadataValue.timestamp(float(training.cutoff))})
+        release_memory()  # what reading left behind goes back before the model is built
         if Needs.SERIES in needs:
             series_catalog = context.resources.movie_db.series_catalog()
         state = strategy.build(BuildInputs(catalog_ids=catalog_ids, training=training,

@@ -46,6 +46,8 @@ scaled by lcm(1..window) (2,520 at 10)."""
 _DENSE_LOOKUP_LIMIT = 50_000_000  # ids below this are densified with a lookup table, O(n)
 _I64_MAX = 2**63 - 1
 _EMPTY = np.zeros(0, dtype=np.int64)
+_CHUNK = 1 << 22  # rows per piece when a temporary of a large array's length is avoided
+_SORT_BLOCK_ROWS = 1 << 23  # ratings per sorted block of users: 64 MB of int64 keys
 
 
 # --------------------------------------------------------------------------------------------
@@ -65,10 +67,13 @@ def training_window(users, movies, times, cutoff: int) -> tuple[np.ndarray, ...]
     """``(users, movies, times)`` of the ratings strictly before ``cutoff``, as int64 arrays.
 
     This is the ONLY data a learned strategy may see (see the module docstring: anything at or
-    after the earliest evaluation pair would leak the answers into the model). Order is kept.
+    after the earliest evaluation pair would leak the answers into the model). Order is kept; arrays
+    that hold only such ratings already (read with the same filter) are returned without a copy.
     """
     users, movies, times = _columns(users, movies, times)
     keep = times < int(cutoff)
+    if keep.all():
+        return users, movies, times
     return users[keep], movies[keep], times[keep]
 
 
@@ -223,7 +228,7 @@ class NextMovieRecommender:
         history = _sorted_history(users, movies, times, compact=True)
         del users, movies, times
         m = len(history.movie_ids)
-        popularity = np.bincount(history.movie, minlength=m)
+        popularity = _counts(history.movie, m)
         by_rank = np.argsort(-popularity, kind="stable")  # most rated first, ties by movie id
         rank_of = np.empty(m, dtype=np.int64)
         rank_of[by_rank] = np.arange(m)
@@ -233,21 +238,21 @@ class NextMovieRecommender:
 
         # Pair codes over popularity ranks, so "ties by popularity then id" is "ties by next code".
         scale = math.lcm(*range(1, window + 1))  # weights 1/d as exact integers scale/d
-        codes = []
-        self.pair_count = 0
-        for d in range(1, window + 1):
-            i = _pair_starts(history.user, history.movie, d)
-            self.pair_count += len(i)
-            code = rank_of[history.movie[i]] * m + rank_of[history.movie[i + d]]
-            codes.append(code * window + (d - 1) if window > 1 else code)
+        codes = _pair_codes(history, rank_of, window)
+        self.pair_count = len(codes)
         del history
-        codes = np.concatenate(codes) if codes else _EMPTY
         codes.sort()  # in place: np.unique would sort a copy (a quarter of a gigabyte at 32 M)
-        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if len(codes) else _EMPTY
+        if len(codes):
+            new_run = np.empty(len(codes), dtype=bool)
+            new_run[0] = True
+            np.not_equal(codes[1:], codes[:-1], out=new_run[1:])
+            starts = np.flatnonzero(new_run)
+            del new_run
+        else:
+            starts = _EMPTY
         uniq = codes[starts]
-        counts = np.diff(np.r_[starts, len(codes)])
+        counts = np.diff(starts, append=len(codes)).astype(np.int64, copy=False)
         del codes, starts
-        counts = counts.astype(np.int64)
         if window > 1 and len(uniq):
             pair = uniq // window
             weighted = counts * (scale // (uniq % window + 1))
@@ -256,18 +261,31 @@ class NextMovieRecommender:
             weighted, counts = np.add.reduceat(weighted, starts), np.add.reduceat(counts, starts)
         else:
             pair, weighted = uniq, counts
-        keep = counts >= min_support
-        pair, weighted = pair[keep], weighted[keep]
-        prev, nxt = pair // max(m, 1), pair % max(m, 1)
+        del uniq
+        if min_support > 1:
+            keep = counts >= min_support
+            pair, weighted = pair[keep], weighted[keep]
+        del counts
+        prev, nxt = np.divmod(pair, max(m, 1))
+        del pair
 
         # Rank each previous movie's next movies: weighted count down, then popularity rank up.
         top = int(weighted.max()) if len(weighted) else 0
         block = (top + 1) * m
         if m * block <= _I64_MAX:  # one packed-key value sort, decoded back
-            key = prev * block + (top - weighted) * m + nxt
+            key = prev * block
+            del prev
+            down = top - weighted
+            down *= m
+            key += down
+            key += nxt
+            del down, weighted, nxt
             key.sort()
             prev, rest = np.divmod(key, block)
-            weighted, nxt = top - rest // m, rest % m
+            del key
+            weighted, nxt = np.divmod(rest, m)
+            del rest
+            weighted = top - weighted
         else:
             order = np.lexsort((nxt, -weighted, prev))
             prev, weighted, nxt = prev[order], weighted[order], nxt[order]
@@ -468,18 +486,53 @@ def _check_k(k: int) -> int:
     return int(k)
 
 
-def _dense(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(index of each value among the sorted distinct values, the sorted distinct values)."""
+def _dense(x: np.ndarray, index: type = np.int64) -> tuple[np.ndarray, np.ndarray]:
+    """(index of each value among the sorted distinct values, as ``index``; the sorted distinct values).
+
+    Looked up chunk by chunk, so no temporary of the input's length is made (NumPy copies an int32
+    index array to int64 before indexing with it: 256 MB at 32 M ratings)."""
     if len(x) == 0:
-        return _EMPTY, _EMPTY
+        return _EMPTY.astype(index), _EMPTY
     low, high = int(x.min()), int(x.max())
     if low >= 0 and high < _DENSE_LOOKUP_LIMIT:  # a lookup table: O(n), no sort
         present = np.zeros(high + 1, dtype=bool)
-        present[x] = True
-        lookup = np.cumsum(present, dtype=np.int64) - 1
-        return lookup[x], np.flatnonzero(present).astype(np.int64)
+        for part in _chunks(len(x)):
+            present[x[part]] = True
+        lookup = np.cumsum(present, dtype=index)
+        lookup -= 1
+        out = np.empty(len(x), dtype=index)
+        for part in _chunks(len(x)):
+            out[part] = lookup[x[part]]
+        return out, np.flatnonzero(present).astype(np.int64)
     uniques, inverse = np.unique(x, return_inverse=True)
-    return inverse.astype(np.int64).ravel(), uniques.astype(np.int64)
+    return inverse.astype(index).ravel(), uniques.astype(np.int64)
+
+
+def _chunks(n: int) -> list[slice]:
+    """``slice`` s covering ``range(n)`` in pieces of :data:`_CHUNK`: the large arrays' temporaries stay small."""
+    return [slice(start, min(start + _CHUNK, n)) for start in range(0, n, _CHUNK)]
+
+
+def _counts(index: np.ndarray, n: int) -> np.ndarray:
+    """``np.bincount(index, minlength=n)`` chunk by chunk (bincount copies int32 input to int64)."""
+    out = np.zeros(n, dtype=np.int64)
+    for part in _chunks(len(index)):
+        out += np.bincount(index[part], minlength=n)
+    return out
+
+
+def _user_blocks(user: np.ndarray, n_users: int, max_users: int, max_rows: int) -> list[tuple[int, int, int]]:
+    """Consecutive dense-user ranges ``(low, high, rows)``: at most ``max_users`` users each (the int64
+    key range) and, unless one user has more, at most ``max_rows`` ratings (the size of a block's keys)."""
+    ends = np.cumsum(_counts(user, n_users))
+    blocks, low = [], 0
+    while low < n_users:
+        before = int(ends[low - 1]) if low else 0
+        high = int(np.searchsorted(ends, before + max_rows, side="right"))
+        high = min(max(high, low + 1), low + max_users, n_users)
+        blocks.append((low, high, int(ends[high - 1]) - before))
+        low = high
+    return blocks
 
 
 def _sorted_history(users: np.ndarray, movies: np.ndarray, times: np.ndarray, compact: bool = False) -> _History:
@@ -488,11 +541,9 @@ def _sorted_history(users: np.ndarray, movies: np.ndarray, times: np.ndarray, co
     ``compact``: dense indexes as int32 and no sorted ``time`` (None): what :class:`NextMovieRecommender`
     needs, in 1.1 GB less at MovieLens 32M than the full int64 history.
     """
-    user, user_ids = _dense(users)
-    movie, movie_ids = _dense(movies)
     index = np.int32 if compact else np.int64
-    if compact:
-        user, movie = user.astype(np.int32), movie.astype(np.int32)
+    user, user_ids = _dense(users, index)
+    movie, movie_ids = _dense(movies, index)
     if len(movie) == 0:
         return _History(_EMPTY, _EMPTY, None if compact else _EMPTY, user_ids, movie_ids)
     t0 = int(times.min())
@@ -502,40 +553,70 @@ def _sorted_history(users: np.ndarray, movies: np.ndarray, times: np.ndarray, co
     if per_user > _I64_MAX:  # absurd time ranges: plain three-key sort
         order = np.lexsort((movie, times, user))
         return _History(user[order], movie[order], None if compact else times[order], user_ids, movie_ids)
-    # key = (user - base) * per_user + time offset * n_movies + movie, in int64: sorting the keys
-    # by value sorts the ratings, and the sorted keys decode back into the sorted columns (int64
-    # division by a constant is fast; uint64 is not). Users too many for one int64 key range are
-    # split into blocks of consecutive users, sorted one after the other (MovieLens 32M: 2).
-    block = max(1, _I64_MAX // per_user)
+    # key = (user - low) * per_user + time offset * n_movies + movie, in int64: sorting the keys by
+    # value sorts the ratings, and the sorted keys decode back into the sorted columns (int64
+    # division by a constant is fast; uint64 is not). The users are taken in blocks of consecutive
+    # users, each sorted on its own: few enough users for one int64 key range (MovieLens 32M needs
+    # 2), few enough ratings that a block's keys stay small (each key is built chunk by chunk).
     sorted_user, sorted_movie = np.empty(len(user), dtype=index), np.empty(len(movie), dtype=index)
     sorted_time = None if compact else np.empty_like(times)
     done = 0
-    for base in range(0, n_users, block):
-        if block >= n_users:
-            u, t, m = user, times, movie
-        else:
-            sel = (user >= base) & (user < base + block)
-            u, t, m = user[sel], times[sel], movie[sel]
-        key = np.subtract(u, base, dtype=np.int64)  # a fresh int64 array: every step below works in place
-        key *= per_user
-        offset = np.subtract(t, t0, dtype=np.int64)
-        offset *= n_movies
-        key += offset
-        del offset
-        key += m
-        del u, t, m
+    for low, high, rows in _user_blocks(user, n_users, max(1, _I64_MAX // per_user), _SORT_BLOCK_ROWS):
+        key = np.empty(rows, dtype=np.int64)
+        filled = 0
+        for part in _chunks(len(user)):
+            u = user[part]
+            sel = slice(None) if (low == 0 and high == n_users) else (u >= low) & (u < high)
+            k = np.subtract(u[sel], low, dtype=np.int64)
+            k *= per_user
+            offset = np.subtract(times[part][sel], t0, dtype=np.int64)
+            offset *= n_movies
+            k += offset
+            k += movie[part][sel]
+            key[filled: filled + len(k)] = k
+            filled += len(k)
         key.sort()
-        here = slice(done, done + len(key))
-        done += len(key)
+        here = slice(done, done + rows)
+        done += rows
         np.remainder(key, n_movies, out=sorted_movie[here], casting="unsafe")  # < n_movies: fits
         np.floor_divide(key, n_movies, out=key)
-        np.floor_divide(key, span, out=sorted_user[here], casting="unsafe")  # < n_users: fits
-        sorted_user[here] += base
+        np.floor_divide(key, span, out=sorted_user[here], casting="unsafe")  # < high - low: fits
+        sorted_user[here] += low
         if sorted_time is not None:
             np.remainder(key, span, out=sorted_time[here])
             sorted_time[here] += t0
         del key
     return _History(sorted_user, sorted_movie, sorted_time, user_ids, movie_ids)
+
+
+def _pair_codes(history: _History, rank_of: np.ndarray, window: int) -> np.ndarray:
+    """The code of every (prev, next) pair of :class:`NextMovieRecommender`, unsorted:
+    ``rank(prev) * m + rank(next)``, times ``window`` plus ``distance - 1`` when ``window`` > 1.
+
+    Filled chunk by chunk into one array (a first pass counts the pairs at each distance), so the
+    only allocation of the pairs' length is the result itself."""
+    user, movie, m = history.user, history.movie, len(rank_of)
+    rank = rank_of.astype(np.int32 if m < 2**31 else np.int64)
+    n = len(movie)
+
+    def pieces(d: int):
+        for part in _chunks(max(n - d, 0)):
+            after = slice(part.start + d, part.stop + d)
+            yield part, after, (user[after] == user[part]) & (movie[after] != movie[part])
+
+    total = sum(int(np.count_nonzero(ok)) for d in range(1, window + 1) for _, _, ok in pieces(d))
+    codes = np.empty(total, dtype=np.int64)
+    filled = 0
+    for d in range(1, window + 1):
+        for part, after, ok in pieces(d):
+            out = codes[filled: filled + int(np.count_nonzero(ok))]
+            filled += len(out)
+            np.multiply(rank[movie[part][ok]], m, out=out, dtype=np.int64)
+            out += rank[movie[after][ok]]
+            if window > 1:
+                out *= window
+                out += d - 1
+    return codes
 
 
 def _pair_starts(user: np.ndarray, movie: np.ndarray, d: int) -> np.ndarray:

@@ -16,6 +16,7 @@ import ctypes
 import gc
 import os
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, O
 from rcmd_pipeline import storage
 from rcmd_pipeline.storage import StatePath, atomic_write
 
-__all__ = ["KEEP", "LocalStateDir", "LocalStateIOManager", "atomic_write", "stored_value_path"]
+__all__ = ["KEEP", "LocalStateDir", "LocalStateIOManager", "atomic_write", "read_arrays", "stored_value_path"]
 
 
 def release_memory() -> None:
@@ -43,6 +44,47 @@ def release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
         pass
+
+
+def read_arrays(path: StatePath, columns: Sequence[str], below: tuple[str, int] | None = None) -> dict[str, np.ndarray]:
+    """Some columns of a stored Parquet value as NumPy arrays (the file's types), read row group by row
+    group: no DataFrame and no whole Arrow table, each array allocated once at its final length.
+
+    ``below=(column, bound)`` keeps only the rows where ``column < bound``, in file order (a first
+    pass over that column counts them): the learned strategies' training window of MovieLens 32M
+    then costs its three arrays' 0.45 GB instead of a 0.5 GB frame, its Arrow table and a filtered copy.
+    """
+    source = storage.parquet_file(path)
+    names = source.schema_arrow.names
+    wanted = list(dict.fromkeys([*columns, *([below[0]] if below else [])]))
+    missing = [c for c in wanted if c not in names]
+    if missing:
+        raise KeyError(f"{path}: no column(s) {missing}; the stored table has {names}")
+    groups = range(source.metadata.num_row_groups)
+
+    def values(table: pa.Table, name: str) -> np.ndarray:
+        column = table.column(name)
+        if column.null_count:
+            raise ValueError(f"{path}: column {name!r} has {column.null_count} missing values; expected none")
+        return column.to_numpy()
+
+    if below is None:
+        counts = [source.metadata.row_group(g).num_rows for g in groups]
+    else:
+        counts = [int(np.count_nonzero(values(source.read_row_group(g, columns=[below[0]]), below[0]) < below[1]))
+                  for g in groups]
+    out = {c: np.empty(sum(counts), dtype=source.schema_arrow.field(c).type.to_pandas_dtype()) for c in columns}
+    done = 0
+    for g, n in zip(groups, counts, strict=True):
+        if n == 0:
+            continue
+        table = source.read_row_group(g, columns=wanted)
+        keep = values(table, below[0]) < below[1] if below else slice(None)
+        for name, target in out.items():
+            target[done: done + n] = values(table, name)[keep]
+        done += n
+        del table
+    return out
 
 
 class _Keep:
@@ -105,6 +147,17 @@ class LocalStateIOManager(ConfigurableIOManager):
             atomic_write(stem.with_suffix(".pickle"), lambda p: p.write_bytes(pickle.dumps(obj)))
         for other in others:
             storage.remove(other)
+
+    def load_arrays(self, context: InputContext, columns: Sequence[str],
+                    below: tuple[str, int] | None = None) -> dict[str, np.ndarray]:
+        """Some columns of a stored DataFrame value as NumPy arrays (:func:`read_arrays`)."""
+        release_memory()
+        parquet = self._stem(context).with_suffix(".parquet")
+        if not parquet.exists():
+            raise FileNotFoundError(
+                f"No stored table for asset {context.asset_key.to_user_string()} under {self.base_dir}; "
+                "materialize it first (RCMD_DATA_DIR decides where values are kept).")
+        return read_arrays(parquet, columns, below)
 
     def load_input(self, context: InputContext):
         release_memory()
