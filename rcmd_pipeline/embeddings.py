@@ -81,11 +81,15 @@ class EmbeddingCache:
         return storage.listing(self.folder, "part-*.parquet")
 
     def load(self) -> dict[str, np.ndarray]:
+        """``{key: vector}``; read row group by row group, so each group's vectors are one buffer of
+        their own that is freed once none of its vectors is used any more."""
         cached: dict[str, np.ndarray] = {}
         for part in self._parts():
-            table = storage.read_parquet(part)
-            for key, vector in zip(table.column("text_hash").to_pylist(), table_vectors(table), strict=True):
-                cached[key] = vector
+            source = storage.parquet_file(part)
+            for group in range(source.num_row_groups):
+                table = source.read_row_group(group)
+                for key, vector in zip(table.column("text_hash").to_pylist(), table_vectors(table), strict=True):
+                    cached[key] = vector
         return cached
 
     def append(self, keys: list[str], vectors: np.ndarray) -> None:
@@ -95,10 +99,18 @@ class EmbeddingCache:
             path = self.folder / f"part-{uuid.uuid4().hex}.parquet"
             storage.atomic_write(path, lambda p: pq.write_table(table, p))
 
-    def compact(self, keep: dict[str, np.ndarray]) -> None:
-        """Rewrite the cache as one part holding exactly ``keep`` (drops vectors no longer used)."""
+    def compact(self, keys: list[str], vectors: np.ndarray, rows: np.ndarray) -> None:
+        """Rewrite the cache as one part holding exactly ``keys`` with the vectors ``vectors[rows]``
+        (drops vectors no longer used). Written :data:`CACHE_GROUP_ROWS` rows at a time, so the whole
+        matrix is never copied, and read back group by group (:meth:`load`)."""
         old = self._parts()
-        self.append(list(keep), np.stack(list(keep.values())) if keep else np.zeros((0, 0), np.float32))
+
+        def write(path: Path) -> None:
+            with pq.ParquetWriter(path, vectors_table([], np.zeros((0, vectors.shape[1]), np.float32)).schema) as out:
+                for start in range(0, len(keys), CACHE_GROUP_ROWS):
+                    stop = start + CACHE_GROUP_ROWS
+                    out.write_table(vectors_table(keys[start:stop], vectors[rows[start:stop]]))
+        storage.atomic_write(self.folder / f"part-{uuid.uuid4().hex}.parquet", write)
         for part in old:
             storage.remove(part)
 
@@ -111,6 +123,8 @@ COMPACT_UNUSED_SHARE = 0.25
 when it has more than :data:`COMPACT_MAX_PARTS` parts): a night that re-embeds a few overviews then
 appends one small part instead of rewriting 500 MB of vectors."""
 COMPACT_MAX_PARTS = 64
+CACHE_GROUP_ROWS = 4096
+"""Rows per row group of a compacted cache part (24 MB of 1536-d vectors)."""
 
 
 def embed_with_cache(texts: list[str], embedder: Any, cache: EmbeddingCache, chunk_size: int,
@@ -180,13 +194,30 @@ def embed_with_cache(texts: list[str], embedder: Any, cache: EmbeddingCache, chu
     if dimension is None:
         dimension = guess if guess is not None else embedder.dimension()
     keys = [key_of[t] for t in texts]
-    out = np.stack([found[t] for t in texts]).astype(np.float32, copy=False) if texts else \
-        np.zeros((0, dimension), dtype=np.float32)
-    used = {key_of[t]: found[t] for t in unique}
     stored = len(cached) + len(migrated) + len(todo)
-    if used and (stored - len(used) > COMPACT_UNUSED_SHARE * stored or cache.parts() > COMPACT_MAX_PARTS):
-        cache.compact(used)  # an empty catalogue never empties the cache (``used`` is empty then)
-    return keys, out, {"embedded": len(todo), "migrated": len(migrated), "dimension": int(dimension)}
+    counts = {"embedded": len(todo), "migrated": len(migrated), "dimension": int(dimension)}
+    cached.clear()  # from here on ``found`` alone holds the vectors: ``out`` takes them over
+    migrated.clear()
+    vectors = None
+    out = _stack_consuming(texts, found, int(dimension))
+    if unique and (stored - len(unique) > COMPACT_UNUSED_SHARE * stored or cache.parts() > COMPACT_MAX_PARTS):
+        first = dict(zip(reversed(texts), range(len(texts) - 1, -1, -1), strict=True))  # text -> first row
+        # an empty catalogue never empties the cache (nothing is used then)
+        cache.compact([key_of[t] for t in unique], out, np.array([first[t] for t in unique], dtype=np.int64))
+    return keys, out, counts
+
+
+def _stack_consuming(texts: list[str], found: dict[str, np.ndarray], dimension: int) -> np.ndarray:
+    """``np.stack([found[t] for t in texts])`` as float32, emptying ``found`` on the way: a vector is
+    dropped after its text's last row, so the chunk and cache arrays it views are freed while the
+    result fills (at 82,702 x 1536 the step holds 0.5 GB of vectors, not twice that)."""
+    out = np.empty((len(texts), dimension), dtype=np.float32)
+    last = {t: i for i, t in enumerate(texts)}
+    for i, text in enumerate(texts):
+        out[i] = found[text]
+        if last[text] == i:
+            del found[text]
+    return out
 
 
 def embeddings_value(movie_ids: np.ndarray, keys: list[str], vectors: np.ndarray) -> dict[str, np.ndarray]:

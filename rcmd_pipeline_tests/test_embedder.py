@@ -601,3 +601,30 @@ def test_vectors_cached_under_the_old_endpoint_key_are_migrated_on_read(tmp_path
         _, again, counts = embed_with_cache(texts, fast(gateway, dimensions=8), cache, chunk_size=8)
         assert gateway.log == [] and counts == {"embedded": 0, "migrated": 0, "dimension": 8}
     np.testing.assert_array_equal(again, vectors)
+
+
+def test_a_cache_of_many_parts_is_compacted_to_the_vectors_in_use(tmp_path, monkeypatch):
+    """Compaction (many parts, or many unused vectors) rewrites the cache group by group from the
+    result matrix: the same vectors come back, each text once, and nothing is embedded again."""
+    from rcmd_pipeline import embeddings
+    from rcmd_pipeline.embeddings import EmbeddingCache, embed_with_cache
+
+    monkeypatch.setattr(embeddings, "COMPACT_MAX_PARTS", 2)
+    monkeypatch.setattr(embeddings, "CACHE_GROUP_ROWS", 2)
+    texts = [TOY_1, TOY_2, WAR, TOY_1, "다섯 번째 영화", "여섯 번째 영화"]  # TOY_1 twice
+    cache = EmbeddingCache(tmp_path / "cache")
+    with FakeOpenAIServer() as server:
+        keys, vectors, counts = embed_with_cache(texts, fast(server, dimensions=8), cache, chunk_size=1)
+        assert counts["embedded"] == 5 and cache.parts() == 1, "five one-text parts compacted into one"
+        np.testing.assert_array_equal(vectors[0], vectors[3])
+        stored = cache.load()
+        assert sorted(stored) == sorted(set(keys))
+        for key, row in zip(keys, vectors, strict=True):
+            np.testing.assert_array_equal(stored[key], row)
+        again, reused, counts = embed_with_cache(texts, fast(server, dimensions=8), cache, chunk_size=1)
+        assert counts["embedded"] == 0 and again == keys
+        np.testing.assert_array_equal(reused, vectors)
+        # most texts gone: the unused vectors are dropped
+        _, kept, _ = embed_with_cache([WAR], fast(server, dimensions=8), cache, chunk_size=1)
+    assert list(cache.load()) == [keys[2]] and cache.parts() == 1
+    np.testing.assert_array_equal(kept[0], vectors[2])

@@ -77,6 +77,27 @@ def eval_transitions(
     }, data_version=versioning.frame_digest(pairs))
 
 
+def window_popularity(ratings: dict[str, np.ndarray], cutoff: int) -> tuple[pd.Series, int]:
+    """(movie id -> ratings strictly before ``cutoff``, for the movies rated there; how many distinct
+    movies all the ratings hold). MovieLens-sized ids are counted piece by piece in a table indexed by
+    movie id, instead of a filtered copy of 32 M ratings hashed by pandas."""
+    movies, times = ratings["movieId"], ratings["timestamp"]
+    if len(movies) == 0 or int(movies.min()) < 0 or int(movies.max()) >= 1 << 26:
+        frame = pd.DataFrame({"movieId": movies, "timestamp": times})
+        return (frame.loc[frame["timestamp"] < cutoff, "movieId"].value_counts(),
+                int(frame["movieId"].nunique()))
+    size = int(movies.max()) + 1
+    before, seen = np.zeros(size, dtype=np.int64), np.zeros(size, dtype=np.int64)
+    piece = 1 << 22
+    for start in range(0, len(movies), piece):
+        ids = movies[start: start + piece]
+        before += np.bincount(ids[times[start: start + piece] < cutoff], minlength=size)
+        seen += np.bincount(ids, minlength=size)
+    rated = np.flatnonzero(before)
+    return (pd.Series(before[rated], index=pd.Index(rated, name="movieId"), name="count"),
+            int(np.count_nonzero(seen)))
+
+
 def build_leaderboard(registry: Sequence[Strategy] = REGISTRY):
     """``strategy_leaderboard`` over every strategy of ``registry``."""
 
@@ -103,19 +124,19 @@ def build_leaderboard(registry: Sequence[Strategy] = REGISTRY):
         previous = versioning.unchanged_since(context, version, versioning.value_is_stored(context))
         if previous is not None:
             return versioning.kept(context, version, previous)
+        ratings = inputs.pop("movielens_ratings")
         inputs = {name: value.load() for name, value in inputs.items()}
-        pairs, details, ratings = inputs["eval_transitions"], inputs["tmdb_movie_info_kr"], inputs["movielens_ratings"]
+        pairs, details = inputs["eval_transitions"], inputs["tmdb_movie_info_kr"]
         scores = [inputs[hit_ratio_key(s.name)] for s in registry]
         actual = pairs["movieId"].to_numpy()
         prev = pairs["prev_movieId"].to_numpy()
         cutoff = int(pairs["timestamp"].min())
-        popularity = ratings.loc[ratings["timestamp"] < cutoff, "movieId"].value_counts()
+        popularity, catalog_size = window_popularity(ratings.arrays(["movieId", "timestamp"]), cutoff)
         info = details.set_index("movieId")
         flags = {
             "in_series": pd.Series(prev).map(info["collection_id"]).fillna(0).to_numpy() > 0,
             "has_overview": pd.Series(prev).map(info["overview"]).fillna("").to_numpy() != "",
         }
-        catalog_size = int(ratings["movieId"].nunique())
         reports = [strategy_report(s["strategy"], s["recommendations"], actual, s["hits"], k=s["k"],
                                    popularity=popularity, catalog_size=catalog_size, flags=flags) for s in scores]
         board = compare_to_best(reports, {s["strategy"]: s["hits"] for s in scores})
