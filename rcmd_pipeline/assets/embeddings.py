@@ -36,11 +36,10 @@ from rcmd_pipeline.embeddings import (
     embed_with_cache,
     embedding_text,
     embeddings_value,
-    frame_vectors,
     load_embeddings,
 )
 from rcmd_pipeline.resources.embedder import Embedder
-from rcmd_pipeline.resources.local_state import LocalStateDir, stored_value_path
+from rcmd_pipeline.resources.local_state import LocalStateDir, release_memory, stored_value_path
 from rcmd_pipeline.resources.vector_store import REBUILD_SHARE, VectorStore
 
 GROUP = "embeddings"
@@ -198,16 +197,18 @@ def movie_vectors(
                     **kept_now.metadata, "action": "kept", "upserted": 0, "deleted": 0,
                     "reason": f"inputs unchanged since run {previous[0]}; the store serves that generation",
                     "seconds": MetadataValue.float(round(time.perf_counter() - started, 2))})
+        release_memory()  # no input is loaded through the io manager here: hand earlier steps' pages back
         embeddings = load_embeddings(local_state.base_dir)
         ids = np.asarray(embeddings["movieId"], dtype=np.int64)
-        vectors = frame_vectors(embeddings)
         payloads = movie_payloads(ids, _details(local_state.base_dir))
         prepared = time.perf_counter() - started
+        # the vectors are handed over (no other reference here), so the session frees them once the
+        # engine holds its copy, before the index is built
         if config.rebuild:
-            stats = {**session.rebuild(collection, ids, vectors, payloads, model=model),
+            stats = {**session.rebuild(collection, ids, embeddings.pop("vector"), payloads, model=model),
                      "action": "rebuilt", "reason": "rebuild requested in the run config", "upserted": len(ids)}
         else:
-            stats = session.sync(collection, ids, vectors, payloads, model=model,
+            stats = session.sync(collection, ids, embeddings.pop("vector"), payloads, model=model,
                                  max_changed_share=config.max_changed_share)
     context.log.info(f"movie_vectors: {stats['action']} generation {stats['generation']} ({stats['reason']})")
     digest = str(stats.get("digest") or version)
