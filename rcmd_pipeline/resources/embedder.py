@@ -67,7 +67,6 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -75,7 +74,9 @@ import numpy as np
 from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
-from rcmd_pipeline.resources.secrets import env_value, redact, secret_value
+from rcmd_pipeline.lib.env import env_text
+from rcmd_pipeline.lib.http_retry import retry_after_seconds, retry_delay
+from rcmd_pipeline.lib.secrets import env_value, redact, secret_value
 
 log = logging.getLogger(__name__)
 
@@ -167,28 +168,6 @@ def _l2_normalised(vectors: Any, n: int, source: str) -> np.ndarray:
 
 def _redact(text: str, secrets: Sequence[str]) -> str:
     return _OPENAI_KEY_SHAPE.sub("sk-***", redact(text, secrets))
-
-
-def _retry_after_seconds(headers: Any) -> float | None:
-    """Seconds from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date); None if absent."""
-    if headers is None:
-        return None
-    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            seconds = float(value) / divisor
-        except ValueError:
-            if name == "retry-after-ms":
-                continue
-            try:
-                seconds = parsedate_to_datetime(value).timestamp() - time.time()
-            except (TypeError, ValueError, OverflowError):
-                continue
-        if seconds == seconds:  # not NaN
-            return max(0.0, seconds)
-    return None
 
 
 # --------------------------------------------------------------------------- interface
@@ -598,7 +577,7 @@ class OpenAIEmbedder(Embedder):
                     failure = EmbedderError(f"{self._endpoint()} refused the request: the account's quota is "
                                             f"used up (HTTP 429 insufficient_quota: {detail}); waiting will not help")
                 elif status in _RETRYABLE_STATUS or status >= 500:
-                    retry_after = _retry_after_seconds(exc.response.headers)
+                    retry_after = retry_after_seconds(exc.response.headers)
                 else:
                     failure = EmbedderError(f"embeddings request to {self._endpoint()} (model {self.model}, "
                                             f"{len(batch)} inputs) failed: {last}, not retried")
@@ -613,10 +592,7 @@ class OpenAIEmbedder(Embedder):
                 raise _TokenLimitRejected(token_complaint)
             if attempt == self.max_retries:
                 break
-            if retry_after is not None:
-                delay = min(self.backoff_max_seconds, retry_after)
-            else:
-                delay = rng.uniform(0.0, min(self.backoff_max_seconds, self.backoff_base_seconds * 2**attempt))
+            delay = retry_delay(attempt, retry_after, self.backoff_base_seconds, self.backoff_max_seconds, rng)
             log.warning(f"embeddings: {last} for {len(batch)} inputs; retry {attempt + 1}/{self.max_retries} "
                         f"in {delay:.1f} s")
             time.sleep(delay)
@@ -672,18 +648,18 @@ def embedder_from_environment(environ: Mapping[str, str]) -> Embedder:
     integer, for text-embedding-3-*). Either way ``RCMD_EMBEDDING_NAMESPACE`` (optional) separates
     embedding caches. A variable that is set but blank counts as unset.
     """
-    namespace = (environ.get(EMBEDDING_NAMESPACE_ENV) or "").strip() or None
-    key = (environ.get(OPENAI_API_KEY_ENV) or "").strip()
+    namespace = env_text(EMBEDDING_NAMESPACE_ENV, environ) or None
+    key = env_text(OPENAI_API_KEY_ENV, environ)
     if not key:
         return LocalE5Embedder(namespace=namespace)
     kwargs: dict[str, Any] = {"api_key": env_value(environ, OPENAI_API_KEY_ENV), "namespace": namespace}
-    model = (environ.get(EMBEDDING_MODEL_ENV) or "").strip()
+    model = env_text(EMBEDDING_MODEL_ENV, environ)
     if model:
         kwargs["model"] = model
-    base_url = (environ.get(OPENAI_BASE_URL_ENV) or "").strip()
+    base_url = env_text(OPENAI_BASE_URL_ENV, environ)
     if base_url:
         kwargs["base_url"] = env_value(environ, OPENAI_BASE_URL_ENV)
-    dims = (environ.get(EMBEDDING_DIMENSIONS_ENV) or "").strip()
+    dims = env_text(EMBEDDING_DIMENSIONS_ENV, environ)
     if dims:
         try:
             kwargs["dimensions"] = int(dims)

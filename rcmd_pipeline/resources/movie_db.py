@@ -60,7 +60,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from rcmd_pipeline.resources.secrets import env_value
+from rcmd_pipeline.lib.env import env_text
+from rcmd_pipeline.lib.secrets import env_value
 
 DATABASE_URL_ENV = "RCMD_DATABASE_URL"
 SQLITE_FILE_NAME = "rcmd.sqlite"
@@ -538,7 +539,7 @@ def movie_database_from_environment(environ: Mapping[str, str], data_dir: str | 
     name, never the URL and its password. (Such a resource is usable inside Dagster runs; outside
     them, build one with ``MovieDatabase(url=...)``.) Any other mapping gives the literal URL.
     """
-    url = (environ.get(DATABASE_URL_ENV) or "").strip()
+    url = env_text(DATABASE_URL_ENV, environ)
     if url:
         return MovieDatabase(url=env_value(environ, DATABASE_URL_ENV))
     folder = Path(data_dir).expanduser().resolve()

@@ -103,7 +103,9 @@ import numpy as np
 from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
-from rcmd_pipeline.resources.secrets import env_value, redact, secret_value
+from rcmd_pipeline.lib.arguments import check_k as _check_k
+from rcmd_pipeline.lib.env import env_text
+from rcmd_pipeline.lib.secrets import env_value, redact, secret_value
 
 log = logging.getLogger(__name__)
 
@@ -180,12 +182,6 @@ def _check_model(model: str) -> str:
     if not isinstance(model, str) or not model.strip():
         raise ValueError("model: a non-empty model id is required (the embedder's model_id())")
     return model
-
-
-def _check_k(k: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or int(k) < 1:
-        raise ValueError(f"k must be a whole number >= 1, got {k!r}")
-    return int(k)
 
 
 def _query_ids(ids: Any) -> np.ndarray:
@@ -683,11 +679,11 @@ class EmbeddedQdrantStore(VectorStore):
 def vector_store_from_environment(environ: Mapping[str, str], data_dir: str | os.PathLike) -> VectorStore:
     """:class:`QdrantServerStore` when ``QDRANT_URL`` is set (with ``QDRANT_API_KEY`` if set),
     else :class:`EmbeddedQdrantStore` in ``<data_dir>/vectors``. A blank variable counts as unset."""
-    url = (environ.get(QDRANT_URL_ENV) or "").strip()
+    url = env_text(QDRANT_URL_ENV, environ)
     if not url:
         return EmbeddedQdrantStore(path=str(Path(data_dir) / VECTORS_FOLDER))
     kwargs: dict[str, Any] = {"url": env_value(environ, QDRANT_URL_ENV)}
-    if (environ.get(QDRANT_API_KEY_ENV) or "").strip():
+    if env_text(QDRANT_API_KEY_ENV, environ):
         kwargs["api_key"] = env_value(environ, QDRANT_API_KEY_ENV)
     return QdrantServerStore(**kwargs)
 

@@ -4,7 +4,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from rcmd_pipeline.resources.secrets import env_value
+from rcmd_pipeline.lib.env import env_text
+from rcmd_pipeline.lib.secrets import env_value
 from rcmd_pipeline.resources.tmdb.client import (
     API_KEY_ENV,
     BASE_URL_ENV,
@@ -22,7 +23,7 @@ from rcmd_pipeline.resources.tmdb.snapshot import SnapshotTmdbClient
 def _positive_number(environ: Mapping[str, str], name: str, expected: str,
                      default: float | None = None) -> float | None:
     """The variable as a number > 0, ``default`` when unset or blank, a clear error otherwise."""
-    text = (environ.get(name) or "").strip()
+    text = env_text(name, environ)
     if not text:
         return default
     try:
@@ -43,8 +44,8 @@ def tmdb_client_from_environment(environ: Mapping[str, str], snapshot_dir: str |
     is set but blank counts as unset (Dagster's ``EnvVar`` would fail a run on an unset variable,
     so it is only used for variables that are set).
     """
-    token = (environ.get(READ_ACCESS_TOKEN_ENV) or "").strip()
-    key = (environ.get(API_KEY_ENV) or "").strip()
+    token = env_text(READ_ACCESS_TOKEN_ENV, environ)
+    key = env_text(API_KEY_ENV, environ)
     if not token and not key:
         return SnapshotTmdbClient(snapshot_dir=str(snapshot_dir))
     kwargs: dict[str, Any] = {}
@@ -52,7 +53,7 @@ def tmdb_client_from_environment(environ: Mapping[str, str], snapshot_dir: str |
         kwargs["read_access_token"] = env_value(environ, READ_ACCESS_TOKEN_ENV)
     if key:
         kwargs["api_key"] = env_value(environ, API_KEY_ENV)
-    base_url = (environ.get(BASE_URL_ENV) or "").strip()
+    base_url = env_text(BASE_URL_ENV, environ)
     if base_url:
         kwargs["base_url"] = base_url
     kwargs["max_age_days"] = _positive_number(environ, MAX_AGE_DAYS_ENV, "a number of days (e.g. 30)",

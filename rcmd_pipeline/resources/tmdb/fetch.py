@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import requests
 
 from rcmd_pipeline import storage
+from rcmd_pipeline.lib.http_retry import retry_after_seconds, retry_delay
 from rcmd_pipeline.resources.tmdb.client import (
     API_KEY_ENV,
     BASE_URL_ENV,
@@ -38,7 +39,6 @@ from rcmd_pipeline.resources.tmdb.http_support import (
     TokenBucket,
     redact_key,
     remove_stale_temp_files,
-    retry_after_seconds,
     tmdb_error_body,
 )
 from rcmd_pipeline.resources.tmdb.parsing import checked_record
@@ -259,16 +259,14 @@ class Fetch:
             raise AuthRejected(status, detail)
         last = f"HTTP {status}" + (f" ({detail})" if detail else "")
         if status == 429 or status >= 500:
-            return _Retry(last, retry_after_seconds(response.headers.get("Retry-After")))
+            return _Retry(last, retry_after_seconds(response.headers))
         return Outcome(tmdb_id, "failed", reason=f"{last}, not retried")
 
     def _wait_before_retry(self, attempt: int, retry: _Retry) -> bool:
         """Back off (``Retry-After`` if given, else full jitter); ``False`` when cancelled meanwhile."""
         client = self.client
-        if retry.retry_after is not None:
-            delay = min(client.backoff_max_seconds, retry.retry_after)
-        else:
-            delay = self.rng.uniform(0.0, min(client.backoff_max_seconds, client.backoff_base_seconds * 2**attempt))
+        delay = retry_delay(attempt, retry.retry_after, client.backoff_base_seconds, client.backoff_max_seconds,
+                            self.rng)
         if retry.reason.startswith("HTTP 429"):
             self.bucket.hold(delay)
         return not (delay > 0 and self.cancel.wait(delay))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from rcmd_pipeline.resources.secrets import secret_value
+from rcmd_pipeline.lib.secrets import secret_value
 from rcmd_pipeline.resources.tmdb.client import API_KEY_ENV, READ_ACCESS_TOKEN_ENV, FetchReport, TmdbClient
 from rcmd_pipeline.resources.tmdb.errors import TmdbAuthError, TmdbError
 from rcmd_pipeline.resources.tmdb.fetch import Fetch

@@ -6,15 +6,13 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
 import requests
 
 from rcmd_pipeline import storage
-from rcmd_pipeline.resources.secrets import redact
+from rcmd_pipeline.lib.secrets import redact
 
 NOT_FOUND_DIR = "not_found"
 REJECTED_DIR = "rejected"
@@ -85,22 +83,6 @@ def install_log_redaction() -> None:
 def redact_key(text: str, secrets: tuple[str, ...]) -> str:
     """``text`` without the secrets and without any ``api_key=...`` value."""
     return _API_KEY_IN_TEXT.sub(r"\1***", redact(text, secrets))
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return max(0.0, (moment - datetime.now(timezone.utc)).total_seconds())
 
 
 def tmdb_error_body(response: requests.Response) -> dict:
