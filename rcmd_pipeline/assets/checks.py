@@ -18,7 +18,7 @@ from pydantic import Field
 
 from rcmd_pipeline import storage
 from rcmd_pipeline.assets.strategies import beats_random, strategy_checks  # noqa: F401 - beats_random re-exported
-from rcmd_pipeline.resources.local_state import LocalStateDir
+from rcmd_pipeline.resources.local_state import LocalStateDir, stored_value_path
 from rcmd_pipeline.resources.movie_db import MovieDatabase
 
 
@@ -34,8 +34,8 @@ def evaluated_movies_have_vectors(
 ) -> AssetCheckResult:
     # The evaluation set is read only if it exists (where LocalStateIOManager keeps it), so that
     # materializing the embeddings before any evaluation warns instead of failing the run.
-    stored = local_state.path("assets", "eval_transitions.parquet")  # a local Path or an object-store UPath
-    if not stored.exists():
+    stored = stored_value_path(local_state.base_dir, ["eval_transitions"])  # a Path or an object-store UPath
+    if stored is None:
         return AssetCheckResult(passed=False, severity=AssetCheckSeverity.WARN,
                                 description="eval_transitions is not materialized yet: nothing to compare with.")
     eval_transitions = storage.read_parquet(stored, columns=["prev_movieId", "movieId"]).to_pandas()
