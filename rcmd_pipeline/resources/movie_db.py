@@ -62,6 +62,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from rcmd_pipeline.lib.env import env_text
 from rcmd_pipeline.lib.secrets import env_value
+from rcmd_pipeline.lib.secrets import mask_database_url as mask_url
 
 DATABASE_URL_ENV = "RCMD_DATABASE_URL"
 SQLITE_FILE_NAME = "rcmd.sqlite"
@@ -171,18 +172,6 @@ def movies_by_id_statement() -> Select:
 
 
 # ----------------------------------------------------------------------------- URLs
-
-def mask_url(url: str) -> str:
-    """``url`` with its password (and any ``password``/``pwd`` query value) replaced by ``***``."""
-    try:
-        parsed = make_url(url)
-    except Exception:  # noqa: BLE001 - an unparseable URL is shown as nothing of it
-        return "<unparseable database URL>"
-    secret_keys = {k for k in parsed.query if k.lower() in ("password", "passwd", "pwd")}
-    if secret_keys:
-        parsed = parsed.set(query={k: ("***" if k in secret_keys else v) for k, v in parsed.query.items()})
-    return parsed.render_as_string(hide_password=True)
-
 
 def _scrub(message: str, url: str) -> str:
     """Remove the password from a driver's message, should a driver ever echo it."""

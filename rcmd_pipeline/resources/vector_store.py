@@ -97,7 +97,6 @@ from datetime import date, datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 from dagster import ConfigurableResource
@@ -106,6 +105,7 @@ from pydantic import Field, PrivateAttr
 from rcmd_pipeline.lib.arguments import check_k as _check_k
 from rcmd_pipeline.lib.env import env_text
 from rcmd_pipeline.lib.secrets import env_value, redact, secret_value
+from rcmd_pipeline.lib.secrets import mask_url as _mask_url
 
 log = logging.getLogger(__name__)
 
@@ -326,19 +326,6 @@ def _exclusions(exclude: Sequence[Any] | None, rows: int) -> list[list[int]]:
 
 def _now() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-
-
-def _mask_url(url: str) -> str:
-    """The URL without user info (``user:password@`` becomes ``***@``), safe to log."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-        parts = parts._replace(netloc=netloc)
-    return urlunsplit(parts)
 
 
 # ----------------------------------------------------------------------------- session interface
