@@ -41,3 +41,16 @@ def retry_delay(attempt: int, retry_after: float | None, base_seconds: float, ma
     if retry_after is not None:
         return min(max_seconds, retry_after)
     return rng.uniform(0.0, min(max_seconds, base_seconds * 2**attempt))
+
+
+def retry_setting_problems(max_retries: int, timeout_seconds: float, backoff_base_seconds: float,
+                           backoff_max_seconds: float) -> list[str]:
+    """What is wrong with a client's retry settings, one phrase each (empty when all is well)."""
+    problems = []
+    if max_retries < 0:
+        problems.append(f"max_retries must be >= 0, got {max_retries}")
+    if not timeout_seconds > 0:
+        problems.append(f"timeout_seconds must be > 0, got {timeout_seconds}")
+    if backoff_base_seconds < 0 or backoff_max_seconds < 0:
+        problems.append("backoff_base_seconds and backoff_max_seconds must be >= 0")
+    return problems

@@ -75,7 +75,7 @@ from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
 from rcmd_pipeline.lib.env import env_text
-from rcmd_pipeline.lib.http_retry import retry_after_seconds, retry_delay
+from rcmd_pipeline.lib.http_retry import retry_after_seconds, retry_delay, retry_setting_problems
 from rcmd_pipeline.lib.secrets import env_value, redact, secret_value
 
 log = logging.getLogger(__name__)
@@ -448,12 +448,8 @@ class OpenAIEmbedder(Embedder):
         if int(self.max_tokens_per_request * _REQUEST_BUDGET_SHARE) < self.max_tokens_per_input:
             problems.append(f"max_tokens_per_request ({self.max_tokens_per_request}) must leave room for one input "
                             f"of max_tokens_per_input ({self.max_tokens_per_input}) within its 90 % packing budget")
-        if self.max_retries < 0:
-            problems.append(f"max_retries must be >= 0, got {self.max_retries}")
-        if not self.timeout_seconds > 0:
-            problems.append(f"timeout_seconds must be > 0, got {self.timeout_seconds}")
-        if self.backoff_base_seconds < 0 or self.backoff_max_seconds < 0:
-            problems.append("backoff_base_seconds and backoff_max_seconds must be >= 0")
+        problems += retry_setting_problems(self.max_retries, self.timeout_seconds, self.backoff_base_seconds,
+                                           self.backoff_max_seconds)
         if self.dimensions is not None and self.dimensions < 1:
             problems.append(f"dimensions must be >= 1 or null, got {self.dimensions}")
         if not self.model.strip():

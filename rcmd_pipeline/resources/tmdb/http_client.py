@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from rcmd_pipeline.lib.http_retry import retry_setting_problems
 from rcmd_pipeline.lib.secrets import secret_value
 from rcmd_pipeline.resources.tmdb.client import API_KEY_ENV, READ_ACCESS_TOKEN_ENV, FetchReport, TmdbClient
 from rcmd_pipeline.resources.tmdb.errors import TmdbAuthError, TmdbError
@@ -59,12 +60,8 @@ class HttpTmdbClient(TmdbClient):
             problems.append(f"requests_per_second must be > 0, got {self.requests_per_second}")
         if self.max_concurrency < 1:
             problems.append(f"max_concurrency must be >= 1, got {self.max_concurrency}")
-        if self.max_retries < 0:
-            problems.append(f"max_retries must be >= 0, got {self.max_retries}")
-        if not self.timeout_seconds > 0:
-            problems.append(f"timeout_seconds must be > 0, got {self.timeout_seconds}")
-        if self.backoff_base_seconds < 0 or self.backoff_max_seconds < 0:
-            problems.append("backoff_base_seconds and backoff_max_seconds must be >= 0")
+        problems += retry_setting_problems(self.max_retries, self.timeout_seconds, self.backoff_base_seconds,
+                                           self.backoff_max_seconds)
         if not self.base_url.startswith(("http://", "https://")):
             problems.append(f"base_url must start with http:// or https://, got {redact_key(self.base_url, ())!r}")
         elif re.search(r"/3/*$", self.base_url):
