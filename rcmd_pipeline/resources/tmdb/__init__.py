@@ -26,12 +26,13 @@ from rcmd_pipeline.resources.tmdb.environment import tmdb_client_from_environmen
 from rcmd_pipeline.resources.tmdb.errors import TmdbAuthError, TmdbError, TmdbRecordError
 from rcmd_pipeline.resources.tmdb.http_client import HttpTmdbClient
 from rcmd_pipeline.resources.tmdb.http_support import NOT_FOUND_DIR, REJECTED_DIR
-from rcmd_pipeline.resources.tmdb.parsing import parse_movie_details
+from rcmd_pipeline.resources.tmdb.parsing import RECORD_COLUMNS, parse_movie_details
 from rcmd_pipeline.resources.tmdb.snapshot import SnapshotTmdbClient
 
 __all__ = [
     "API_KEY_ENV", "BASE_URL_ENV", "DEFAULT_MAX_AGE_DAYS", "MAX_AGE_DAYS_ENV", "NOT_FOUND_DIR",
-    "READ_ACCESS_TOKEN_ENV", "REJECTED_DIR", "REQUESTS_PER_SECOND_ENV", "FetchReport", "HttpTmdbClient",
+    "READ_ACCESS_TOKEN_ENV", "RECORD_COLUMNS", "REJECTED_DIR", "REQUESTS_PER_SECOND_ENV", "FetchReport",
+    "HttpTmdbClient",
     "SnapshotTmdbClient", "TmdbAuthError", "TmdbClient", "TmdbError", "TmdbRecordError",
     "parse_movie_details", "tmdb_client_from_environment",
 ]

@@ -150,3 +150,7 @@ class _Fields:
                                     f"got {show(genre)}")
             names.append(name)
         return "|".join(names)
+
+
+RECORD_COLUMNS = tuple(parse_movie_details(1, {"id": 1, "title": "-"}))
+"""The columns of a record, in order (read off :func:`parse_movie_details`, so they cannot disagree)."""
