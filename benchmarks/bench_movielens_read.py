@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -55,6 +54,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from machine import print_machine
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO / "benchmarks" / "work" / "ml32m"
@@ -271,8 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in (parquet, csv_folder / "ratings.csv"):
         warm(path)
     print(f"code: {args.code.resolve()}")
-    print(f"machine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"{platform.platform()}")
+    machine = print_machine()
     print(f"ratings.csv {(csv_folder / 'ratings.csv').stat().st_size / 2**20:,.0f} MB, "
           f"ratings.parquet {parquet.stat().st_size / 2**20:,.0f} MB")
 
@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{'OK' if within else 'OVER'} the {LIMIT_MB} MB limit", flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": platform.node(), "cores": os.cpu_count(),
+        args.json.write_text(json.dumps({"machine": machine,
                                          "trees": {k: str(v) for k, v in trees.items()}, "results": results},
                                         indent=2, default=str))
     return 0 if ok else 1

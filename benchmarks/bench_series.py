@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -38,6 +36,8 @@ import sqlalchemy as sa
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from machine import print_machine  # noqa: E402
 
 from rcmd_pipeline.recommenders import PAD, SeriesRecommender  # noqa: E402
 from rcmd_pipeline.resources.movie_db import MovieDatabase, movie  # noqa: E402
@@ -107,16 +107,6 @@ def study_way(url: str, prev: np.ndarray) -> tuple[float, list[list[int]]]:
     return seconds, lists
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--movies", type=int, default=87_000)
@@ -125,6 +115,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="folder for the SQLite file (default: temporary)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    machine = print_machine()
 
     with tempfile.TemporaryDirectory(prefix="bench_series_") as tmp:
         folder = args.workdir or Path(tmp)
@@ -163,7 +154,7 @@ def main() -> None:
         "parts_median_s": {p: statistics.median(r[p] for r in runs) for p in ("query", "build", "recommend")},
         "study_way_sqlite_s": study_seconds, "load_s": load_seconds,
         "rows_with_series": with_series, "series_mismatches": mismatches, "bad_rows": bad_rows,
-        "machine": {"nproc": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version()},
+        "machine": machine,
     }
     print(json.dumps(result, indent=2, ensure_ascii=False))
     if args.json:

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -26,19 +23,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from machine import print_machine  # noqa: E402
+
 from rcmd_pipeline.resources.tmdb import HttpTmdbClient  # noqa: E402
 from rcmd_pipeline_tests.fake_tmdb_server import FakeTmdbServer, movie_body, slow  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -49,6 +37,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    machine = print_machine()
 
     ids = list(range(100_001, 100_001 + args.n))
     bodies = {t: movie_body(t) for t in ids}
@@ -75,12 +64,11 @@ def main() -> None:
         "max_concurrency": client_defaults.max_concurrency,
         "median_rps": statistics.median(rates), "min_rps": min(rates), "max_rps": max(rates),
         "runs": runs,
-        "machine": {"nproc": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version()},
+        "machine": machine,
     }
     print(f"median {result['median_rps']:.2f} req/s (min {result['min_rps']:.2f}, max {result['max_rps']:.2f}); "
           f"limit {args.rate:g} req/s, {args.latency * 1000:g} ms per answer, "
-          f"{client_defaults.max_concurrency} connections; {os.cpu_count()} CPUs ({result['machine']['cpu']}), "
-          f"Python {platform.python_version()}")
+          f"{client_defaults.max_concurrency} connections")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 

@@ -27,20 +27,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from machine import print_machine  # noqa: E402
 
 from rcmd_pipeline.resources.vector_store import EmbeddedQdrantStore  # noqa: E402
 
@@ -61,23 +61,6 @@ def make_data(points: int, dimension: int, seed: int = SEED):
     payloads = [{"title": f"영화 {i}", "series_id": int(s), "year": int(y)}
                 for i, s, y in zip(ids, series, years, strict=True)]
     return rng, ids, vectors, payloads
-
-
-def machine() -> dict:
-    cpu = ""
-    with open("/proc/cpuinfo", encoding="utf-8") as handle:
-        for line in handle:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem_kb = 0
-    with open("/proc/meminfo", encoding="utf-8") as handle:
-        for line in handle:
-            if line.startswith("MemTotal"):
-                mem_kb = int(line.split()[1])
-    versions = {name: metadata.version(name) for name in ("qdrant-edge-py", "qdrant-client", "numpy")}
-    return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gb": round(mem_kb / 1024 ** 2, 1),
-            "python": platform.python_version(), "kernel": platform.release(), **versions}
 
 
 def cpu_seconds() -> float:
@@ -101,6 +84,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="store folder (default: a temporary one)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    machine = print_machine()
 
     t = time.perf_counter()
     rng, ids, vectors, payloads = make_data(args.points, args.dimension)
@@ -110,7 +94,7 @@ def main() -> None:
         shutil.rmtree(workdir)
     store = EmbeddedQdrantStore(path=str(workdir))
     result: dict = {"points": args.points, "dimension": args.dimension, "queries": args.queries, "k": args.k,
-                    "machine": machine()}
+                    "machine": machine}
 
     rebuilds = []
     for _ in range(args.rebuild_repeat):
@@ -188,7 +172,6 @@ def main() -> None:
 
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 0)
     print(json.dumps({k: v for k, v in result.items() if k != "machine"}, default=str)[:2000])
-    print("machine:", result["machine"])
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2, default=str))

@@ -17,6 +17,7 @@ from dagster import (
     ScheduleDefinition,
     Selector,
     define_asset_job,
+    load_asset_checks_from_modules,
     load_assets_from_modules,
     multi_or_in_process_executor,
     multiple_process_executor_requirements,
@@ -24,9 +25,8 @@ from dagster import (
 from dagster._core.definitions.executor_definition import IN_PROC_CONFIG, MULTI_PROC_CONFIG
 
 from rcmd_pipeline import operations, settings
-from rcmd_pipeline.assets import catalog, embeddings, evaluation, movielens, tmdb
-from rcmd_pipeline.assets.checks import all_checks
-from rcmd_pipeline.assets.strategies import strategy_assets
+from rcmd_pipeline.assets import catalog, checks, embeddings, evaluation, movielens, tmdb
+from rcmd_pipeline.assets.strategies import strategy_assets, strategy_checks
 from rcmd_pipeline.recommenders.registry import REGISTRY, Strategy
 from rcmd_pipeline.resources.embedder import embedder_from_environment
 from rcmd_pipeline.resources.lazy_input import LAZY, LazyInputManager
@@ -43,7 +43,13 @@ def assets_for(registry: Sequence[Strategy] = REGISTRY) -> list:
             *evaluation.evaluation_assets(registry), *strategy_assets(registry)]
 
 
+def checks_for(registry: Sequence[Strategy] = REGISTRY) -> list:
+    """Every asset check: those of ``assets/checks.py``, and per registered strategy "beats random"."""
+    return [*load_asset_checks_from_modules([checks]), *strategy_checks(registry)]
+
+
 all_assets = assets_for()
+all_checks = checks_for()
 
 rcmd_full_pipeline = define_asset_job(
     "rcmd_full_pipeline",

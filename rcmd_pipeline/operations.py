@@ -36,7 +36,8 @@ from dagster import (
 )
 from dagster._utils.schedules import is_valid_cron_string
 
-from rcmd_pipeline.resources.secrets import REDACTED, redact
+from rcmd_pipeline.lib.env import env_text
+from rcmd_pipeline.lib.secrets import REDACTED, redact
 
 TMDB_POOL = "tmdb_api"
 EMBEDDINGS_POOL = "embeddings_api"
@@ -65,7 +66,7 @@ MAX_ERROR_LINE = 300
 
 def nightly_cron(environ: Mapping[str, str] = os.environ) -> str:
     """The nightly schedule's cron string: ``RCMD_NIGHTLY_CRON`` or 03:00 every day."""
-    value = (environ.get(NIGHTLY_CRON_ENV) or "").strip()
+    value = env_text(NIGHTLY_CRON_ENV, environ)
     if not value:
         return DEFAULT_NIGHTLY_CRON
     if not is_valid_cron_string(value):
@@ -75,7 +76,7 @@ def nightly_cron(environ: Mapping[str, str] = os.environ) -> str:
 
 def freshness_fail_window(environ: Mapping[str, str] = os.environ) -> timedelta:
     """How old the served index and the leaderboard may get: ``RCMD_FRESHNESS_FAIL_HOURS`` (default 26)."""
-    text = (environ.get(FRESHNESS_HOURS_ENV) or "").strip()
+    text = env_text(FRESHNESS_HOURS_ENV, environ)
     if not text:
         return timedelta(hours=DEFAULT_FRESHNESS_HOURS)
     try:
@@ -112,7 +113,7 @@ def secrets_in_environment(environ: Mapping[str, str] = os.environ) -> list[str]
     set, longest first."""
     found = set()
     for name in (*SECRET_ENVS, *URL_ENVS):
-        value = (environ.get(name) or "").strip()
+        value = env_text(name, environ)
         if not value:
             continue
         if name in SECRET_ENVS:
@@ -215,7 +216,7 @@ def run_failure_alert(context: RunFailureSensorContext) -> None:
     steps = _step_errors(context)
     unfinished, run_error = _run_error(context) if not steps else ([], "")
     text = failure_message(run.run_id, run.job_name, steps or unfinished, run_error)
-    url = (os.environ.get(ALERT_WEBHOOK_ENV) or "").strip()
+    url = env_text(ALERT_WEBHOOK_ENV)
     if not url:
         context.log.info(f"{ALERT_WEBHOOK_ENV} is not set, no alert sent for run {run.run_id}:\n{text}")
         return

@@ -32,7 +32,6 @@ vector store session is closed::
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import re
@@ -46,6 +45,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rcmd_pipeline import settings
+from rcmd_pipeline.lib.arguments import check_k
 from rcmd_pipeline.recommenders import (
     PAD,
     RandomRecommender,
@@ -99,37 +99,10 @@ def _materialize_hint(*assets: str) -> str:
     return "run `" + MATERIALIZE.format(",".join(assets)) + "` first"
 
 
-def _check_k(k: Any, name: str = "k") -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or int(k) < 1:
-        raise ValueError(f"{name} must be a whole number >= 1, got {k!r}")
-    return int(k)
-
-
 def _check_id(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ValueError(f"{what} must be a whole number, got {value!r}")
     return int(value)
-
-
-def _data_dir(environ: Mapping[str, str]) -> Path:
-    """``settings.data_dir()`` for ``environ`` (which may be a mapping other than ``os.environ``)."""
-    if environ is os.environ:
-        return settings.data_dir()
-    value = (environ.get(settings.DATA_DIR_ENV) or "").strip()
-    if value:
-        return Path(value).expanduser()
-    dataset_value = (environ.get(settings.DATASET_ENV) or "").strip()
-    dataset = Path(dataset_value).expanduser() if dataset_value else settings.DEMO_DATASET_DIR
-    if dataset.resolve() == settings.DEMO_DATASET_DIR.resolve():
-        return settings.STATE_ROOT / "demo"
-    digest = hashlib.sha256(str(dataset.resolve()).encode()).hexdigest()[:8]
-    return settings.STATE_ROOT / f"{dataset.resolve().name or 'dataset'}-{digest}"
-
-
-def _collection(environ: Mapping[str, str]) -> str:
-    if environ is os.environ:
-        return settings.qdrant_collection()
-    return (environ.get(settings.COLLECTION_ENV) or "").strip() or "movie_emb_kr"
 
 
 def _plain_db(db: MovieDatabase) -> MovieDatabase:
@@ -152,7 +125,7 @@ class Recommendations:
     """
 
     def __init__(self, data_dir: str | os.PathLike, vector_store: VectorStore, embedder: Embedder,
-                 movie_db: MovieDatabase, collection: str = "movie_emb_kr", seed: int = 0,
+                 movie_db: MovieDatabase, collection: str = settings.DEFAULT_COLLECTION, seed: int = 0,
                  registry: tuple[Strategy, ...] = REGISTRY) -> None:
         self.data_dir = Path(data_dir)
         self.registry = tuple(registry)
@@ -173,7 +146,7 @@ class Recommendations:
     def from_environment(cls, environ: Mapping[str, str] = os.environ, seed: int = 0,
                          registry: tuple[Strategy, ...] = REGISTRY) -> Recommendations:
         """The pipeline's state as the environment chooses it (``RCMD_DATA_DIR`` etc., see README)."""
-        data_dir = _data_dir(environ)
+        data_dir = settings.data_dir(environ)
         if not (data_dir / "assets").is_dir():
             raise MissingStateError(
                 f"no materialized pipeline state in {data_dir} ({settings.DATA_DIR_ENV}); "
@@ -182,7 +155,7 @@ class Recommendations:
         # the database helper creates its folder: data_dir exists here, so nothing new appears
         db = _plain_db(movie_database_from_environment(environ, data_dir))
         return cls(data_dir, vector_store_from_environment(environ, data_dir), embedder_from_environment(environ),
-                   db, collection=_collection(environ), seed=seed, registry=tuple(registry))
+                   db, collection=settings.qdrant_collection(environ), seed=seed, registry=tuple(registry))
 
     # ------------------------------------------------------------------ life cycle
 
@@ -200,12 +173,14 @@ class Recommendations:
 
     # ------------------------------------------------------------------ state
 
-    def _asset_path(self, asset: str) -> Path:
-        return self.data_dir / "assets" / f"{asset}.parquet"
+    def _asset_path(self, asset: str) -> Path | None:
+        """Where the IO manager keeps ``asset``'s DataFrame (Parquet); None when it is not there."""
+        path = stored_value_path(self.data_dir, [asset])
+        return path if path is not None and path.suffix == ".parquet" else None
 
     def _require_asset(self, asset: str) -> Path:
         path = self._asset_path(asset)
-        if not path.is_file():
+        if path is None:
             raise MissingStateError(f"asset {asset} is not materialized in {self.data_dir} "
                                     f"({settings.DATA_DIR_ENV}); {_materialize_hint(asset)}")
         return path
@@ -245,7 +220,7 @@ class Recommendations:
                 "year": [_year(d) for d in info["release_date"]],
             }, index=info["movieId"].astype("int64").to_numpy())
             movies_path = self._asset_path("movielens_movies")
-            if movies_path.is_file():  # optional: titles of movies TMDB does not know
+            if movies_path is not None:  # optional: titles of movies TMDB does not know
                 movies = pq.read_table(movies_path, columns=["movieId", "title"]).to_pandas()
                 movies = movies[~movies["movieId"].astype("int64").isin(frame.index)]
                 extra = pd.DataFrame({
@@ -317,7 +292,7 @@ class Recommendations:
         - ``random``: k random ids (seeded: the same answer every time); no scores.
         """
         movie_id = _check_id(movie_id, "movie id")
-        k = _check_k(k)
+        k = check_k(k)
         choices = self.strategies()
         if strategy not in choices:
             raise ValueError(f"unknown strategy {strategy!r}: expected one of {', '.join(choices)}")
@@ -393,7 +368,7 @@ class Recommendations:
         """
         if not isinstance(text, str) or not text.strip():
             raise ValueError("search text must not be empty")
-        k = _check_k(k)
+        k = check_k(k)
         session, info = self._vectors()
         model = self.embedder.model_id()
         if info.get("model") != model:
@@ -424,7 +399,7 @@ class Recommendations:
         """k movies for a user: nearest to the L2-normalised mean vector of the ``recent`` most
         recently rated movies that have a vector; every movie the user rated is excluded."""
         user_id = _check_id(user_id, "user id")
-        k, recent = _check_k(k), _check_k(recent, "recent")
+        k, recent = check_k(k), check_k(recent, "recent")
         history = self.user_history(user_id)
         rated = history["movieId"].astype("int64").to_numpy()
         session, _ = self._vectors()

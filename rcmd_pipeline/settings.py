@@ -20,9 +20,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from rcmd_pipeline import storage
+from rcmd_pipeline.lib.env import env_text
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEMO_DATASET_DIR = PROJECT_ROOT / "data" / "demo"
@@ -32,22 +34,24 @@ DATASET_ENV = "RCMD_DATASET_PATH"
 DATA_DIR_ENV = "RCMD_DATA_DIR"
 TMDB_SNAPSHOT_ENV = "RCMD_TMDB_SNAPSHOT_DIR"
 COLLECTION_ENV = "RCMD_QDRANT_COLLECTION"
+DEFAULT_COLLECTION = "movie_emb_kr"
 LOCAL_DIR_ENV = "RCMD_LOCAL_DIR"
 
 
-def dataset_path() -> Path:
-    """The MovieLens folder to read: ``RCMD_DATASET_PATH``, or the demo data set when unset."""
-    value = os.environ.get(DATASET_ENV, "").strip()
+def dataset_path(environ: Mapping[str, str] | None = None) -> Path:
+    """The MovieLens folder to read: ``RCMD_DATASET_PATH``, or the demo data set when unset.
+    ``environ``: the process environment unless given (as for every function here)."""
+    value = env_text(DATASET_ENV, environ)
     return Path(value).expanduser() if value else DEMO_DATASET_DIR
 
 
-def data_dir() -> storage.StatePath:
+def data_dir(environ: Mapping[str, str] | None = None) -> storage.StatePath:
     """The folder (a ``Path``) or object-store prefix (a ``UPath``) for the pipeline's state (see the
     module docstring); not created here."""
-    value = os.environ.get(DATA_DIR_ENV, "").strip()
+    value = env_text(DATA_DIR_ENV, environ)
     if value:
         return storage.state_path(value)
-    dataset = dataset_path()
+    dataset = dataset_path(environ)
     if dataset.resolve() == DEMO_DATASET_DIR.resolve():
         return STATE_ROOT / "demo"
     digest = hashlib.sha256(str(dataset.resolve()).encode()).hexdigest()[:8]
@@ -61,10 +65,10 @@ def local_dir(environ=os.environ) -> Path:
     state = data_dir()
     if not storage.is_remote(state):
         return state
-    value = (environ.get(LOCAL_DIR_ENV) or "").strip()
+    value = env_text(LOCAL_DIR_ENV, environ)
     folder = Path(value).expanduser() if value else \
         STATE_ROOT / f"remote-{hashlib.sha256(str(state).encode()).hexdigest()[:8]}"
-    missing = [name for name in ("QDRANT_URL", "RCMD_DATABASE_URL") if not (environ.get(name) or "").strip()]
+    missing = [name for name in ("QDRANT_URL", "RCMD_DATABASE_URL") if not env_text(name, environ)]
     if missing:
         local = [what for name, what in (("QDRANT_URL", "the embedded vector store"),
                                          ("RCMD_DATABASE_URL", "the SQLite database")) if name in missing]
@@ -78,10 +82,10 @@ def local_dir(environ=os.environ) -> Path:
 
 def tmdb_snapshot_dir() -> Path:
     """Where the snapshot TMDB client reads ``<tmdbId>.json`` files (see the module docstring)."""
-    value = os.environ.get(TMDB_SNAPSHOT_ENV, "").strip()
+    value = env_text(TMDB_SNAPSHOT_ENV)
     return Path(value).expanduser() if value else dataset_path() / "tmdb" / "ko-KR"
 
 
-def qdrant_collection() -> str:
+def qdrant_collection(environ: Mapping[str, str] | None = None) -> str:
     """The name under which the overview vectors are served (see the module docstring)."""
-    return os.environ.get(COLLECTION_ENV, "").strip() or "movie_emb_kr"
+    return env_text(COLLECTION_ENV, environ) or DEFAULT_COLLECTION

@@ -16,20 +16,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
-import socket
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on (bound once, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from rcmd_pipeline_tests.fake_openai_server import JsonPostServer
 
 
 def unit_vector(text: str, dim: int) -> np.ndarray:
@@ -45,11 +37,12 @@ class EmbeddingRequest:
     inputs: tuple[str, ...]
 
 
-class FaultyEmbeddingsServer:
-    """``url`` is the API root including ``/v1`` (what ``OpenAIEmbedder.base_url`` wants)."""
+class FaultyEmbeddingsServer(JsonPostServer):
+    """Scripted faults by request number; ``url`` is the API root including ``/v1``."""
 
     def __init__(self, *, port: int = 0, dim: int = 8, rate_limited_first: int = 0, retry_after: str = "0",
                  fail_after_ok: int | None = None, fail_status: int = 500):
+        super().__init__(port=port, name="faulty-embeddings")
         self.dim = dim
         self.rate_limited_first = rate_limited_first
         self.retry_after = retry_after
@@ -57,43 +50,9 @@ class FaultyEmbeddingsServer:
         self.fail_status = fail_status
         self.records: list[EmbeddingRequest] = []
         self._lock = threading.Lock()
-        owner = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-
-            def log_message(self, format, *args):  # noqa: A002 - silence the default stderr log
-                pass
-
-            def do_POST(self):  # noqa: N802 - http.server's naming
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                try:
-                    body = json.loads(raw or b"{}")
-                except ValueError:
-                    body = {}
-                status, payload, headers = owner._answer(self.path, body)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for name, value in headers:
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="faulty-embeddings", daemon=True)
-
-    @property
-    def port(self) -> int:
-        return self._server.server_address[1]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+    def post(self, path: str, headers: dict[str, str], body: dict):
+        return self._answer(path, body)
 
     def _answer(self, path: str, body: dict) -> tuple[int, dict, list[tuple[str, str]]]:
         inputs = body.get("input")
@@ -136,20 +95,3 @@ class FaultyEmbeddingsServer:
     def statuses(self) -> list[int]:
         with self._lock:
             return [r.status for r in self.records]
-
-    # ---- life cycle
-
-    def start(self) -> FaultyEmbeddingsServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> FaultyEmbeddingsServer:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()

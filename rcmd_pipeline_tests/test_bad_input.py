@@ -22,7 +22,7 @@ from rcmd_pipeline.recommenders import (
 )
 from rcmd_pipeline.resources.movielens import DatasetError, read_links, read_movies, read_ratings
 from rcmd_pipeline.resources.tmdb import TmdbRecordError, parse_movie_details
-from rcmd_pipeline_tests.conftest import write_dataset
+from rcmd_pipeline_tests.helpers import write_dataset
 
 HEADER = "userId,movieId,rating,timestamp\n"
 cell = st.one_of(

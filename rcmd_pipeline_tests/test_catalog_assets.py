@@ -9,14 +9,14 @@ from dagster import Failure
 from rcmd_pipeline.catalog import carry_regtime, movie_rows, series_rows
 from rcmd_pipeline.resources.movie_db import MovieDatabase
 from rcmd_pipeline.resources.tmdb import HttpTmdbClient
-from rcmd_pipeline_tests.conftest import (
+from rcmd_pipeline_tests.fake_tmdb_server import FakeTmdbServer, movie_body, server_error
+from rcmd_pipeline_tests.helpers import (
     embedded_resources,
     materialize_all,
     small_run_config,
     synthetic_ratings,
     write_dataset,
 )
-from rcmd_pipeline_tests.fake_tmdb_server import FakeTmdbServer, movie_body, server_error
 
 CATALOG = ["movielens_links", "tmdb_movie_info_kr", "movie_table", "series_table"]
 

@@ -3,10 +3,10 @@
 import pandas as pd
 from dagster import AssetCheckKey, AssetSelection, DagsterInstance, materialize
 
-from rcmd_pipeline.assets.checks import all_checks, beats_random
-from rcmd_pipeline.definitions import all_assets
+from rcmd_pipeline.assets.checks import beats_random
+from rcmd_pipeline.definitions import all_assets, all_checks
 from rcmd_pipeline.resources.movie_db import MovieDatabase
-from rcmd_pipeline_tests.conftest import embedded_resources, materialize_all, small_run_config
+from rcmd_pipeline_tests.helpers import embedded_resources, materialize_all, small_run_config
 
 
 def _evaluations(result) -> dict[str, bool]:

@@ -1,6 +1,6 @@
 """The ``rcmd`` command and the ``Recommendations`` facade, on real local state of a small dataset.
 
-The state is materialized once for the module (the small dataset of ``conftest``: movies 1..12
+The state is materialized once for the module (the small dataset of ``helpers.write_dataset``: movies 1..12
 titled "영화 N", overviews "영화 N의 줄거리" except movies 5 and 10; movies 1-3, 4-6 and 7-9 form
 three series, released 1990 + N).
 """
@@ -20,7 +20,7 @@ from dagster import materialize
 from rcmd_pipeline.cli import display_width, fit, main
 from rcmd_pipeline.definitions import all_assets
 from rcmd_pipeline.serving import ModelMismatchError, Recommendations, UnknownMovieError
-from rcmd_pipeline_tests.conftest import embedded_resources, small_run_config, synthetic_ratings, write_dataset
+from rcmd_pipeline_tests.helpers import embedded_resources, small_run_config, synthetic_ratings, write_dataset
 
 SELECTION = ["movielens_ratings", "movielens_links", "tmdb_movie_info_kr", "movie_table", "series_table",
              "movie_overview_embeddings", "movie_vectors", "eval_transitions"]

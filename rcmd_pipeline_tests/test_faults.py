@@ -41,15 +41,16 @@ from rcmd_pipeline.resources.movie_db import MovieDatabase
 from rcmd_pipeline.resources.tmdb import HttpTmdbClient
 from rcmd_pipeline.resources.vector_store import EmbeddedQdrantStore, QdrantServerStore
 from rcmd_pipeline_tests.comparisons import assert_same_scores
-from rcmd_pipeline_tests.conftest import embedded_resources, small_run_config, synthetic_ratings, write_dataset
+from rcmd_pipeline_tests.fake_openai_server import free_port
 from rcmd_pipeline_tests.fake_tmdb_server import FakeTmdbServer, Fault, drop, movie_body
-from rcmd_pipeline_tests.faulty_embeddings_server import FaultyEmbeddingsServer, free_port, unit_vector
+from rcmd_pipeline_tests.faulty_embeddings_server import FaultyEmbeddingsServer, unit_vector
+from rcmd_pipeline_tests.helpers import embedded_resources, small_run_config, synthetic_ratings, write_dataset
 from rcmd_pipeline_tests.killed_runs import fail_killed_runs, kill_when
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 COLLECTION = "movie_emb_kr"
 MOVIES = list(range(1, 13))  # the small data set: MovieLens ids 1-12, TMDB ids 1001-1012
-WITH_OVERVIEW = [m for m in MOVIES if m % 5]  # conftest's snapshot: movies 5 and 10 have no overview
+WITH_OVERVIEW = [m for m in MOVIES if m % 5]  # helpers.write_dataset's snapshot: movies 5 and 10 have no overview
 TMDB = ["movielens_links", "tmdb_movie_info_kr"]
 EMBED = [*TMDB, "movie_overview_embeddings"]
 VECTORS = [*EMBED, "movie_vectors"]

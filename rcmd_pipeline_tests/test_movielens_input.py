@@ -12,7 +12,7 @@ from rcmd_pipeline.assets.versioning import KEPT_FROM_RUN
 from rcmd_pipeline.evaluation import InsufficientDataError
 from rcmd_pipeline.resources import movielens as movielens_files
 from rcmd_pipeline.resources.movielens import DatasetError, read_links, read_ratings, source_fingerprint
-from rcmd_pipeline_tests.conftest import materialize_all, small_run_config, synthetic_ratings, write_dataset
+from rcmd_pipeline_tests.helpers import materialize_all, small_run_config, synthetic_ratings, write_dataset
 
 
 def test_reads_csv_and_parquet_alike(tmp_path):

@@ -37,20 +37,19 @@ boto3 = pytest.importorskip("boto3", reason="boto3 (a dependency of moto) is not
 pytest.importorskip("s3fs", reason="s3fs is not installed: pip install -e '.[s3]'")
 
 from rcmd_pipeline import storage  # noqa: E402
-from rcmd_pipeline.assets.checks import all_checks  # noqa: E402
-from rcmd_pipeline.definitions import all_assets, build_resources  # noqa: E402
+from rcmd_pipeline.definitions import all_assets, all_checks, build_resources  # noqa: E402
 from rcmd_pipeline.embeddings import EmbeddingCache  # noqa: E402
 from rcmd_pipeline.resources.tmdb import HttpTmdbClient  # noqa: E402
 from rcmd_pipeline_tests.comparisons import assert_same_scores  # noqa: E402
-from rcmd_pipeline_tests.conftest import small_run_config, synthetic_ratings, write_dataset  # noqa: E402
+from rcmd_pipeline_tests.fake_openai_server import free_port  # noqa: E402
 from rcmd_pipeline_tests.fake_tmdb_server import FakeTmdbServer, movie_body  # noqa: E402
-from rcmd_pipeline_tests.faulty_embeddings_server import free_port  # noqa: E402
+from rcmd_pipeline_tests.helpers import small_run_config, synthetic_ratings, write_dataset  # noqa: E402
 from rcmd_pipeline_tests.killed_runs import fail_killed_runs, kill_when  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "rcmd-state"
 MOVIES = list(range(1, 13))  # the small data set: MovieLens ids 1-12, TMDB ids 1001-1012
-WITH_OVERVIEW = [m for m in MOVIES if m % 5]  # conftest's snapshot: movies 5 and 10 have no overview
+WITH_OVERVIEW = [m for m in MOVIES if m % 5]  # helpers.write_dataset's snapshot: movies 5 and 10 have no overview
 PASSED_ON = ("RCMD_", "OPENAI_", "QDRANT_", "TMDB_", "DAGSTER_", "AWS_")
 AWS_SECRET = "s3-secret-7Qx2vR9"  # a dummy credential: it must appear in no log
 CHUNK = 2  # texts per embedding chunk in the CLI runs: several parts, so a kill lands between two

@@ -34,7 +34,6 @@ from dagster import (
 
 from rcmd_pipeline import operations
 from rcmd_pipeline.definitions import defs
-from rcmd_pipeline_tests.conftest import synthetic_ratings, write_dataset
 from rcmd_pipeline_tests.daemon_helpers import (
     BIN,
     IN_PROCESS,
@@ -50,6 +49,7 @@ from rcmd_pipeline_tests.daemon_helpers import (
 from rcmd_pipeline_tests.daemon_helpers import (
     materialize as cli_materialize,
 )
+from rcmd_pipeline_tests.helpers import synthetic_ratings, write_dataset
 
 WITH_OVERVIEW = 10
 SECRET = "sk-live-0123456789abcdef"

@@ -13,7 +13,7 @@ from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 from rcmd_pipeline import cli, settings
 from rcmd_pipeline.definitions import defs
 from rcmd_pipeline.recommenders.registry import REGISTRY
-from rcmd_pipeline_tests.conftest import materialize_all, small_run_config
+from rcmd_pipeline_tests.helpers import materialize_all, small_run_config
 
 EXPECTED_ASSETS = {"movielens_ratings", "movielens_links", "movielens_movies", "tmdb_movie_info_kr",
                    "movie_table", "series_table", "movie_overview_embeddings", "movie_vectors", "eval_transitions",

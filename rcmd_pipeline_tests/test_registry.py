@@ -19,7 +19,7 @@ from rcmd_pipeline.recommenders.learned import (
 )
 from rcmd_pipeline.recommenders.registry import REGISTRY, Needs, QueryContext, Strategy, all_parts, by_name
 from rcmd_pipeline.serving import Recommendations
-from rcmd_pipeline_tests.conftest import embedded_resources, small_run_config
+from rcmd_pipeline_tests.helpers import embedded_resources, small_run_config
 
 
 class SmallestIds:

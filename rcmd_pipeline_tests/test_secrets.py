@@ -55,9 +55,9 @@ from rcmd_pipeline.resources.embedder import EmbedderAuthError, OpenAIEmbedder
 from rcmd_pipeline.resources.movie_db import MovieDatabase, MovieDatabaseError
 from rcmd_pipeline.resources.tmdb import HttpTmdbClient, TmdbAuthError
 from rcmd_pipeline.resources.vector_store import EmbeddedQdrantStore, QdrantServerStore, VectorStoreConnectionError
-from rcmd_pipeline_tests.conftest import synthetic_ratings, write_dataset
 from rcmd_pipeline_tests.fake_openai_server import FakeOpenAIServer
 from rcmd_pipeline_tests.fake_tmdb_server import INVALID_KEY_BODY, FakeTmdbServer, Fault, movie_body
+from rcmd_pipeline_tests.helpers import synthetic_ratings, write_dataset
 
 # Distinctive fake secrets. The OpenAI key deliberately lacks the "sk-" shape (OpenAI-compatible
 # gateways use any key), so only exact redaction can hide it, not the shape pattern.
@@ -68,7 +68,7 @@ QDRANT_KEY = "qdr-QDRANTkey-M5nB8vC1xZ3lW0"
 DB_PASSWORD = "DBpassw0rd-H6jK9lQ2wEr4"
 
 MOVIES = 12
-TMDB_IDS = [1000 + m for m in range(1, MOVIES + 1)]  # conftest.write_dataset links movieId m to tmdbId 1000 + m
+TMDB_IDS = [1000 + m for m in range(1, MOVIES + 1)]  # helpers.write_dataset links movieId m to tmdbId 1000 + m
 CONFIG_VARIABLES = ("TMDB_READ_ACCESS_TOKEN", "TMDB_API_KEY", "TMDB_BASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL",
                     "QDRANT_URL", "QDRANT_API_KEY", "RCMD_DATABASE_URL", "RCMD_EMBEDDING_MODEL",
                     "RCMD_EMBEDDING_DIMENSIONS", "RCMD_TMDB_SNAPSHOT_DIR", "RCMD_QDRANT_COLLECTION",

@@ -28,7 +28,7 @@ from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 
 from rcmd_pipeline import settings
 from rcmd_pipeline.definitions import defs
-from rcmd_pipeline_tests.conftest import synthetic_ratings, write_dataset
+from rcmd_pipeline_tests.helpers import synthetic_ratings, write_dataset
 from rcmd_pipeline_tests.ui_driver import RUN_ID, Browser, DagsterDev, clean_env, missing_browser_reason
 
 MISSING = missing_browser_reason()

@@ -7,7 +7,7 @@ import json
 from dagster import AssetKey, DagsterInstance
 
 from rcmd_pipeline.assets.versioning import INPUTS_VERSION, KEPT_FROM_RUN
-from rcmd_pipeline_tests.conftest import materialize_all, small_run_config
+from rcmd_pipeline_tests.helpers import materialize_all, small_run_config
 
 
 def _kept(result) -> dict[str, bool]:

@@ -1,5 +1,8 @@
 """Asset checks: what must hold after each materialization, shown beside each asset in the UI.
 
+``definitions.checks_for`` finds every check of this module (no list to keep); the "<strategy> beats
+random" checks are made per registered strategy in ``assets/strategies.py``.
+
 # No `from __future__ import annotations` in asset modules: Dagster reads Config classes from the
 # real annotations.
 """
@@ -17,8 +20,8 @@ from dagster import (
 from pydantic import Field
 
 from rcmd_pipeline import storage
-from rcmd_pipeline.assets.strategies import beats_random, strategy_checks  # noqa: F401 - beats_random re-exported
-from rcmd_pipeline.resources.local_state import LocalStateDir
+from rcmd_pipeline.assets.strategies import beats_random  # noqa: F401 - re-exported
+from rcmd_pipeline.resources.local_state import LocalStateDir, stored_value_path
 from rcmd_pipeline.resources.movie_db import MovieDatabase
 
 
@@ -34,8 +37,8 @@ def evaluated_movies_have_vectors(
 ) -> AssetCheckResult:
     # The evaluation set is read only if it exists (where LocalStateIOManager keeps it), so that
     # materializing the embeddings before any evaluation warns instead of failing the run.
-    stored = local_state.path("assets", "eval_transitions.parquet")  # a local Path or an object-store UPath
-    if not stored.exists():
+    stored = stored_value_path(local_state.base_dir, ["eval_transitions"])  # a Path or an object-store UPath
+    if stored is None:
         return AssetCheckResult(passed=False, severity=AssetCheckSeverity.WARN,
                                 description="eval_transitions is not materialized yet: nothing to compare with.")
     eval_transitions = storage.read_parquet(stored, columns=["prev_movieId", "movieId"]).to_pandas()
@@ -77,5 +80,3 @@ def evaluation_set_is_complete(context: AssetCheckExecutionContext,
                   "duplicate_pairs": duplicates, "pairs_without_previous": no_prev},
     )
 
-
-all_checks = [*strategy_checks(), evaluated_movies_have_vectors, movie_series_exist, evaluation_set_is_complete]

@@ -12,13 +12,10 @@ from pydantic import Field
 
 from rcmd_pipeline.assets import versioning
 from rcmd_pipeline.resources.local_state import LocalStateDir
-from rcmd_pipeline.resources.tmdb import SnapshotTmdbClient, TmdbClient
+from rcmd_pipeline.resources.tmdb import RECORD_COLUMNS, FetchReport, SnapshotTmdbClient, TmdbClient
 
 GROUP = "tmdb"
 LANGUAGE = "ko-KR"
-RECORD_COLUMNS = ["movieId", "tmdbId", "title", "original_title", "original_language", "overview", "tagline",
-                  "release_date", "runtime", "imdb_id", "adult", "poster_path", "collection_id", "collection_name",
-                  "genres"]
 
 
 class TmdbFetchConfig(Config):
@@ -73,6 +70,19 @@ def tmdb_movie_info_kr(
     if not items:
         raise Failure("movielens_links has no movie with a tmdbId: nothing to fetch from TMDB.")
     records, report = tmdb.fetch_details(items, local_state.folder("tmdb_cache", LANGUAGE), log=context.log)
+    metadata = _report_metadata(report)
+    _fail_on_a_bad_fetch(records, report, config, metadata)
+    frame = pd.DataFrame.from_records(list(records.values()), columns=list(RECORD_COLUMNS))
+    frame = frame.sort_values("movieId").reset_index(drop=True)
+    metadata.update({
+        "dagster/row_count": len(frame),
+        "with_overview": int((frame["overview"] != "").sum()),
+        "in_a_series": int((frame["collection_id"] > 0).sum()),
+    })
+    return versioning.computed(frame, version, metadata, data_version=versioning.frame_digest(frame))
+
+
+def _report_metadata(report: FetchReport) -> dict:
     metadata = {
         "requested": report.requested,
         "served_from_cache": report.from_cache,
@@ -83,6 +93,11 @@ def tmdb_movie_info_kr(
     }
     if report.failed:
         metadata["failures"] = MetadataValue.md(_failures_table(report.failed))
+    return metadata
+
+
+def _fail_on_a_bad_fetch(records: dict, report: FetchReport, config: TmdbFetchConfig, metadata: dict) -> None:
+    """Too many failures, or no record at all: fail rather than replace the catalogue with a worse one."""
     if len(report.failed) > config.max_failed_share * report.requested:
         raise Failure(
             f"{len(report.failed)} of {report.requested} TMDB requests failed (more than max_failed_share="
@@ -94,11 +109,3 @@ def tmdb_movie_info_kr(
         raise Failure(f"TMDB gave details for none of the {report.requested} requested movies "
                       f"({report.not_found} not found, {len(report.failed)} failed): refusing to replace the "
                       "catalogue with an empty one.", metadata=metadata)
-    frame = pd.DataFrame.from_records(list(records.values()), columns=RECORD_COLUMNS)
-    frame = frame.sort_values("movieId").reset_index(drop=True)
-    metadata.update({
-        "dagster/row_count": len(frame),
-        "with_overview": int((frame["overview"] != "").sum()),
-        "in_a_series": int((frame["collection_id"] > 0).sum()),
-    })
-    return versioning.computed(frame, version, metadata, data_version=versioning.frame_digest(frame))

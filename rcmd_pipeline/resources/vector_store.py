@@ -1,82 +1,13 @@
 """The vector store: overview embeddings served for nearest-neighbour queries (Qdrant).
 
 Two implementations of :class:`VectorStore`, picked by :func:`vector_store_from_environment`:
-
-- :class:`QdrantServerStore`: a Qdrant server or cluster through ``qdrant-client`` (``QDRANT_URL``,
-  ``QDRANT_API_KEY``). ``location=":memory:"`` runs the same client calls against qdrant-client's
-  in-process local mode (what the contract tests use).
-- :class:`EmbeddedQdrantStore`: the default, no server and no key: Qdrant's own in-process engine
-  (``qdrant-edge-py``, module ``qdrant_edge``) with its files under ``RCMD_DATA_DIR/vectors``.
-
-The pipeline uses either one the same way, opening the store once per step and closing it in a
-``finally`` (``with store.open() as session: ...``): qdrant-client's local mode and an edge shard
-with a write-ahead log take exclusive file locks, and Dagster runs steps in separate processes.
-
-Generations: a reader never sees a half-filled or mixed-model index
---------------------------------------------------------------------
-``rebuild`` never touches what is served. It fills a NEW generation completely (index build
-included), then switches the served name to it in one atomic step, then drops older generations:
-
-- Server: generation ``n`` of collection ``C`` is the physical collection ``C__g00000n``; ``C``
-  itself is a Qdrant alias, moved by ONE ``update_collection_aliases`` call (delete + create alias,
-  which Qdrant applies atomically). Before the switch the client waits until the collection status
-  is green (every optimisation, HNSW included, done). The model and the dimension are recorded in
-  Qdrant's collection-level ``metadata`` (``rcmd_model``, ``rcmd_dimension``, ``rcmd_generation``,
-  ``rcmd_created_at``; needs a Qdrant server >= 1.16, which qdrant-client >= 1.16 requires anyway):
-  no fake "metadata point" that a query could return, and it travels with the collection (snapshots,
-  renames). The dimension is also read back from the vector config, which is the truth.
-- Embedded: ``<path>/<C>/g00000n/`` holds ``shard/`` (the edge shard), ``manifest.json``
-  (model, dimension, distance, points, timings; written last, after the shard is flushed: a folder
-  without a manifest is never served) and ``readers.lock``. ``<path>/<C>/CURRENT`` names the served
-  generation; it is replaced with ``os.replace`` (written to a temporary file, fsynced, renamed,
-  folder fsynced), so a reader reads either the old name or the new one.
-
-``sync`` is what the pipeline calls each night: every generation records a content digest of its
-points (a 64-bit hash of each point's vector and payload, kept per point in the embedded
-generation's ``points.npz`` and summarised in its manifest; in the collection metadata
-``rcmd_digest`` on a server). An unchanged set of points keeps the served generation (no write at
-all); a few changed points make a new generation from a copy of the served one with only those
-points upserted or deleted (embedded); a new model or dimension, or more than
-:data:`REBUILD_SHARE` of the points changed, is a full rebuild. A Qdrant server is never patched in
-place: a changed collection is uploaded into a new generation (see ``_ServerSession._sync``).
-
-``upsert`` is incremental but keeps the same guarantee. On a server it writes into the served
-physical collection (the server isolates concurrent readers). Embedded, it is copy-on-write: the
-served generation's files are copied (about 2 s for 87,000 x 1536), the points are upserted into
-the copy, and the copy is switched in like a rebuild. A generation folder is therefore never
-modified once served, which is what lets other processes read it without a lock on the engine
-(see below). Pass all new vectors of a step in one ``upsert`` call: each call costs one copy.
-A vector dimension or a model different from the served generation's is an error
-(:class:`VectorStoreMismatchError`), never a silent recreate; ``rebuild`` is how models change.
-
-Embedded process safety
------------------------
-- Shards are created without a write-ahead log (``wal_enabled=False``): with a WAL, qdrant-edge
-  locks the shard folder exclusively, so a second process (or a second session) could not even
-  read it. Without a WAL, updates are durable once ``flush()`` returns, which a rebuild does before
-  writing the manifest.
-- Writers (``rebuild``, ``upsert``) hold ``<path>/<C>/write.lock`` (``fcntl.flock``, exclusive) for
-  the whole write: two processes never build a generation at once; the second waits (up to
-  ``lock_timeout_seconds``).
-- A session reading a generation holds a shared ``flock`` on its ``readers.lock`` while its shard is
-  open. Old generations are deleted (after a write, and when a session closes) only when an
-  exclusive non-blocking ``flock`` on their ``readers.lock`` succeeds, i.e. when no session of any
-  process still reads them; otherwise they stay until a later clean-up.
-- A session follows ``CURRENT`` (one small file read per call): after a rebuild in another process,
-  its next call opens the new generation; a call in progress finishes on the generation it started on.
-
-Index (embedded): HNSW (m=16, ef_construct=100) over int8 scalar-quantised vectors kept in RAM, the
-float32 originals on disk (mmap); queries search the quantised graph, then rescore 2x the candidates
-with the originals (exact cosine scores). ``EdgeShard.optimize()`` builds the index and blocks until
-it is done; collections below qdrant's indexing threshold (about 1,600 vectors of 1536-d) stay a
-plain exact scan. Measured on 2 cores, 87,000 x 1536 (``docs/benchmarks.md``): rebuild 32 s
-(index 23 s), reopen 0.4 s, 3,000 neighbour queries 1.2 s with recall@10 1.0 and exact scores
-against brute-force search. Without the quantisation (20,000 x 1536) the index took 4x longer and
-the queries were 4x slower. ``neighbours`` asks each point's own vector for k + 1 hits and drops the
-point itself: the k nearest others are always among them, and the batch stays one of requests that
-differ only in their vector (a per-request ``must_not has_id`` filter costs 15-25 %).
-
-Sessions are not thread-safe: give each thread its own ``store.open()``.
+:class:`QdrantServerStore` (a Qdrant server or cluster through ``qdrant-client``, ``QDRANT_URL``,
+``QDRANT_API_KEY``; ``location=":memory:"`` for the contract tests) and :class:`EmbeddedQdrantStore`
+(the default: Qdrant's in-process engine ``qdrant-edge-py`` under ``RCMD_DATA_DIR/vectors``). Open
+a store once per step and close it in a ``finally`` (``with store.open() as session: ...``): the
+engines take file locks and Dagster runs steps in separate processes. Sessions are not
+thread-safe. A reader never sees a half-filled or mixed-model index (generations switched
+atomically); how, and the embedded engine's locking and index, are in ``docs/vector_store.md``.
 """
 
 import fcntl
@@ -97,13 +28,15 @@ from datetime import date, datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
-from rcmd_pipeline.resources.secrets import env_value, redact, secret_value
+from rcmd_pipeline.lib.arguments import check_k as _check_k
+from rcmd_pipeline.lib.env import env_text
+from rcmd_pipeline.lib.secrets import env_value, redact, secret_value
+from rcmd_pipeline.lib.secrets import mask_url as _mask_url
 
 log = logging.getLogger(__name__)
 
@@ -180,12 +113,6 @@ def _check_model(model: str) -> str:
     if not isinstance(model, str) or not model.strip():
         raise ValueError("model: a non-empty model id is required (the embedder's model_id())")
     return model
-
-
-def _check_k(k: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or int(k) < 1:
-        raise ValueError(f"k must be a whole number >= 1, got {k!r}")
-    return int(k)
 
 
 def _query_ids(ids: Any) -> np.ndarray:
@@ -338,19 +265,6 @@ def _exclusions(exclude: Sequence[Any] | None, rows: int) -> list[list[int]]:
 
 def _now() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-
-
-def _mask_url(url: str) -> str:
-    """The URL without user info (``user:password@`` becomes ``***@``), safe to log."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-        parts = parts._replace(netloc=netloc)
-    return urlunsplit(parts)
 
 
 # ----------------------------------------------------------------------------- session interface
@@ -695,11 +609,11 @@ class EmbeddedQdrantStore(VectorStore):
 def vector_store_from_environment(environ: Mapping[str, str], data_dir: str | os.PathLike) -> VectorStore:
     """:class:`QdrantServerStore` when ``QDRANT_URL`` is set (with ``QDRANT_API_KEY`` if set),
     else :class:`EmbeddedQdrantStore` in ``<data_dir>/vectors``. A blank variable counts as unset."""
-    url = (environ.get(QDRANT_URL_ENV) or "").strip()
+    url = env_text(QDRANT_URL_ENV, environ)
     if not url:
         return EmbeddedQdrantStore(path=str(Path(data_dir) / VECTORS_FOLDER))
     kwargs: dict[str, Any] = {"url": env_value(environ, QDRANT_URL_ENV)}
-    if (environ.get(QDRANT_API_KEY_ENV) or "").strip():
+    if env_text(QDRANT_API_KEY_ENV, environ):
         kwargs["api_key"] = env_value(environ, QDRANT_API_KEY_ENV)
     return QdrantServerStore(**kwargs)
 

@@ -3,8 +3,9 @@
 Production is Oracle (``RCMD_DATABASE_URL``, e.g.
 ``oracle+oracledb://user:pw@host:1521/?service_name=XEPDB1``); without it, a SQLite file under
 ``RCMD_DATA_DIR``. Every statement is SQLAlchemy Core with bound parameters, built by the
-module-level ``*_statement`` functions below so the tests can compile each one with the Oracle
-dialect (no Oracle server runs here) and run it on SQLite, PostgreSQL and MariaDB.
+``*_statement`` functions of ``schema.py`` (beside the table definitions) so the tests can compile
+each one with the Oracle dialect and run it on SQLite, PostgreSQL and MariaDB; ``rows.py`` turns
+frames into checked row values and back. This module is the resource that runs them.
 
 Why the loads look the way they do:
 
@@ -22,45 +23,44 @@ Why the loads look the way they do:
 
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from dagster import ConfigurableResource
-from sqlalchemy import (
-    CHAR,
-    CheckConstraint,
-    Column,
-    Connection,
-    Date,
-    DateTime,
-    Delete,
-    Engine,
-    Index,
-    Insert,
-    Integer,
-    MetaData,
-    Select,
-    String,
-    Table,
-    Text,
-    bindparam,
-    create_engine,
-    delete,
-    event,
-    exists,
-    func,
-    insert,
-    inspect,
-    select,
-    text,
-)
+from sqlalchemy import Connection, Engine, Insert, Table, create_engine, event, func, inspect, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from rcmd_pipeline.resources.secrets import env_value
+from rcmd_pipeline.lib.env import env_text
+from rcmd_pipeline.lib.secrets import env_value
+from rcmd_pipeline.lib.secrets import mask_database_url as mask_url
+from rcmd_pipeline.resources.movie_db.rows import frame_from_rows, table_rows
+from rcmd_pipeline.resources.movie_db.schema import (
+    MOVIE_COLUMNS,
+    SERIES_CATALOG_COLUMNS,
+    SERIES_COLUMNS,
+    count_statement,
+    delete_all_statement,
+    insert_statement,
+    metadata,
+    movie,
+    movies_by_id_statement,
+    orphan_series_statement,
+    read_table_statement,
+    series,
+    series_catalog_statement,
+)
+
+__all__ = [
+    "DATABASE_URL_ENV", "IN_LIST_CHUNK", "INSERT_CHUNK_ROWS", "MOVIE_COLUMNS", "SERIES_CATALOG_COLUMNS",
+    "SERIES_COLUMNS", "SQLITE_FILE_NAME", "MovieDatabase", "MovieDatabaseError", "count_statement",
+    "delete_all_statement", "insert_statement", "mask_url", "metadata", "movie", "movie_database_from_environment",
+    "movies_by_id_statement", "orphan_series_statement", "read_table_statement", "series",
+    "series_catalog_statement", "table_rows",
+]
 
 DATABASE_URL_ENV = "RCMD_DATABASE_URL"
 SQLITE_FILE_NAME = "rcmd.sqlite"
@@ -71,117 +71,12 @@ INSERT_CHUNK_ROWS = 1000
 IN_LIST_CHUNK = 900
 """Ids per ``IN (...)`` list: Oracle refuses more than 1,000 expressions in one list (ORA-01795)."""
 
-_YN = ("Y", "N")
-
-metadata = MetaData()
-
-# The study's columns, in its order. On Oracle: Integer -> INTEGER, String(n) -> VARCHAR2(n CHAR)
-# (character lengths: Korean titles are 3 bytes a character in AL32UTF8), Text -> CLOB,
-# Date/DateTime -> DATE (second precision: loads strip microseconds). movie_id is the MovieLens id,
-# series_id TMDB's collection id (0 = no series), adult/useyn 'Y'/'N' (the study: adult 'N', useyn 'Y').
-
-movie = Table(
-    "movie",
-    metadata,
-    Column("movie_id", Integer, primary_key=True, autoincrement=False),
-    Column("movie_title", String(500)),
-    Column("original_language", String(10)),
-    Column("original_title", String(500)),
-    Column("poster_path", String(200)),
-    Column("overview", Text),
-    Column("series_id", Integer, nullable=False, default=0, server_default=text("0")),
-    Column("release_date", Date),
-    Column("runtime", Integer),
-    Column("tagline", String(1000)),
-    Column("imdb_id", String(20)),
-    Column("adult", CHAR(1), nullable=False, default="N", server_default=text("'N'")),
-    Column("useyn", CHAR(1), nullable=False, default="Y", server_default=text("'Y'")),
-    Column("regtime", DateTime),
-    CheckConstraint("adult IN ('Y', 'N')", name="ck_movie_adult_yn"),
-    CheckConstraint("useyn IN ('Y', 'N')", name="ck_movie_useyn_yn"),
-    mysql_engine="InnoDB",
-    mysql_charset="utf8mb4",
-)
-Index("ix_movie_series_id", movie.c.series_id)
-
-series = Table(
-    "series",
-    metadata,
-    Column("series_id", Integer, primary_key=True, autoincrement=False),
-    Column("series_title", String(500)),
-    Column("useyn", CHAR(1), nullable=False, default="Y", server_default=text("'Y'")),
-    Column("regtime", DateTime),
-    CheckConstraint("useyn IN ('Y', 'N')", name="ck_series_useyn_yn"),
-    mysql_engine="InnoDB",
-    mysql_charset="utf8mb4",
-)
-
-MOVIE_COLUMNS = tuple(movie.columns.keys())
-SERIES_COLUMNS = tuple(series.columns.keys())
-SERIES_CATALOG_COLUMNS = ("movie_id", "series_id", "release_date")
-
 
 class MovieDatabaseError(RuntimeError):
     """The movie database could not be reached or refused a statement (the URL is shown masked)."""
 
 
-# ----------------------------------------------------------------------------- statements
-# Every statement the module issues, so tests can compile each one with the Oracle dialect.
-
-def delete_all_statement(table: Table) -> Delete:
-    """``DELETE FROM <table>``: the first half of a replace (same transaction as the inserts)."""
-    return delete(table)
-
-
-def insert_statement(table: Table) -> Insert:
-    """``INSERT INTO <table> (every column) VALUES (:bound, ...)``, run with executemany."""
-    return insert(table)
-
-
-def count_statement(table: Table) -> Select:
-    """``SELECT count(*) FROM <table>``."""
-    return select(func.count()).select_from(table)
-
-
-def read_table_statement(table: Table) -> Select:
-    """Every row of ``table``, ordered by its primary key."""
-    return select(table).order_by(*table.primary_key.columns)
-
-
-def series_catalog_statement() -> Select:
-    """Every movie's series and release date, in one query (what the series strategy needs)."""
-    return select(movie.c.movie_id, movie.c.series_id, movie.c.release_date).order_by(movie.c.movie_id)
-
-
-def orphan_series_statement() -> Select:
-    """Series ids used by ``movie`` rows (``series_id > 0``) that have no ``series`` row."""
-    return (
-        select(movie.c.series_id, func.count().label("movies"))
-        .where(movie.c.series_id > 0)
-        .where(~exists().where(series.c.series_id == movie.c.series_id))
-        .group_by(movie.c.series_id)
-        .order_by(movie.c.series_id)
-    )
-
-
-def movies_by_id_statement() -> Select:
-    """The study's ``SELECT * FROM movie WHERE movie_id IN :movie_ids`` (expanding bound list)."""
-    return select(movie).where(movie.c.movie_id.in_(bindparam("movie_ids", expanding=True)))
-
-
-# ----------------------------------------------------------------------------- URLs
-
-def mask_url(url: str) -> str:
-    """``url`` with its password (and any ``password``/``pwd`` query value) replaced by ``***``."""
-    try:
-        parsed = make_url(url)
-    except Exception:  # noqa: BLE001 - an unparseable URL is shown as nothing of it
-        return "<unparseable database URL>"
-    secret_keys = {k for k in parsed.query if k.lower() in ("password", "passwd", "pwd")}
-    if secret_keys:
-        parsed = parsed.set(query={k: ("***" if k in secret_keys else v) for k, v in parsed.query.items()})
-    return parsed.render_as_string(hide_password=True)
-
+# ----------------------------------------------------------------------------- errors and engines
 
 def _scrub(message: str, url: str) -> str:
     """Remove the password from a driver's message, should a driver ever echo it."""
@@ -212,121 +107,6 @@ def _enable_sqlite_wal(engine: Engine) -> None:
             cursor.close()
 
 
-# ----------------------------------------------------------------------------- frames -> rows
-
-def _is_missing(value: Any) -> bool:
-    if value is None:
-        return True
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
-
-
-def _to_int(value: Any, column: str) -> int | None:
-    if _is_missing(value):
-        return None
-    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
-        return int(value)
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return int(value)
-    raise ValueError(f"column {column}: expected a whole number, got {value!r}")
-
-
-def _to_date(value: Any, column: str) -> date | None:
-    if _is_missing(value):
-        return None
-    if isinstance(value, datetime):  # also pd.Timestamp
-        return value.date()
-    if isinstance(value, date):
-        return value
-    if isinstance(value, np.datetime64):
-        return pd.Timestamp(value).date()
-    if isinstance(value, str):
-        try:
-            return date.fromisoformat(value.strip()[:10])
-        except ValueError:
-            pass
-    raise ValueError(f"column {column}: expected a date (YYYY-MM-DD), got {value!r}")
-
-
-def _to_datetime(value: Any, column: str) -> datetime | None:
-    if _is_missing(value):
-        return None
-    if isinstance(value, pd.Timestamp):
-        return value.to_pydatetime()
-    if isinstance(value, datetime):
-        return value
-    if isinstance(value, date):
-        return datetime(value.year, value.month, value.day)
-    if isinstance(value, np.datetime64):
-        return pd.Timestamp(value).to_pydatetime()
-    if isinstance(value, str):
-        try:
-            return datetime.fromisoformat(value.strip())
-        except ValueError:
-            pass
-    raise ValueError(f"column {column}: expected a timestamp, got {value!r}")
-
-
-def _to_str(value: Any, column: str) -> str | None:
-    return None if _is_missing(value) else str(value)
-
-
-def _converter(column: Column):
-    if isinstance(column.type, Integer):
-        return _to_int
-    if isinstance(column.type, DateTime):
-        return _to_datetime
-    if isinstance(column.type, Date):
-        return _to_date
-    return _to_str
-
-
-def table_rows(table: Table, frame: pd.DataFrame, regtime: datetime | None = None) -> list[dict[str, Any]]:
-    """The frame's rows as plain Python values, one dict per row with every column of ``table``.
-
-    The frame uses the table's column names; a missing ``series_id`` is 0, ``adult`` 'N',
-    ``useyn`` 'Y', any other missing column NULL. ``regtime``: the given timestamp on every row, or
-    else the frame's values with gaps filled by one timestamp taken now (one per load).
-    """
-    unknown = [c for c in frame.columns if c not in table.columns]
-    if unknown:
-        raise ValueError(f"{table.name}: unknown column(s) {', '.join(map(str, unknown))}; "
-                         f"expected some of {', '.join(table.columns.keys())}")
-    (key,) = table.primary_key.columns
-    if key.name not in frame.columns:
-        raise ValueError(f"{table.name}: the frame has no {key.name} column (the primary key)")
-    keys = frame[key.name]
-    if keys.isna().any():
-        raise ValueError(f"{table.name}: {int(keys.isna().sum())} row(s) without {key.name}")
-    duplicated = keys[keys.duplicated()]
-    if len(duplicated):
-        shown = ", ".join(str(v) for v in duplicated.unique()[:5])
-        raise ValueError(f"{table.name}: duplicate {key.name} value(s) {shown} ({len(duplicated)} extra row(s))")
-
-    load_time = regtime or datetime.now().replace(microsecond=0)
-    n = len(frame)
-    values: dict[str, list] = {}
-    for column in table.columns:
-        convert = _converter(column)
-        if column.name == "regtime" and regtime is not None:
-            values[column.name] = [regtime] * n
-        elif column.name in frame.columns:
-            values[column.name] = [convert(v, column.name) for v in frame[column.name].tolist()]
-            if column.name == "regtime":
-                values[column.name] = [load_time if v is None else v for v in values[column.name]]
-        elif column.name == "regtime":
-            values[column.name] = [load_time] * n
-        else:
-            default = column.default.arg if column.default is not None else None
-            values[column.name] = [default] * n
-        if not column.nullable and any(v is None for v in values[column.name]):
-            raise ValueError(f"{table.name}.{column.name} must not be NULL")
-    names = list(values)
-    return [dict(zip(names, row, strict=True)) for row in zip(*values.values(), strict=True)]
-
-
 def _chunks(rows: list, size: int) -> Iterator[list]:
     for start in range(0, len(rows), size):
         yield rows[start:start + size]
@@ -335,14 +115,6 @@ def _chunks(rows: list, size: int) -> Iterator[list]:
 def _execute_chunk(conn: Connection, statement: Insert, rows: list[dict[str, Any]]) -> None:
     """One executemany call (a seam the tests use to fail or observe a load midway)."""
     conn.execute(statement, rows)
-
-
-def _frame(rows, columns: Iterable[str]) -> pd.DataFrame:
-    frame = pd.DataFrame([tuple(r) for r in rows], columns=list(columns))
-    for name in ("release_date", "regtime"):
-        if name in frame.columns:
-            frame[name] = pd.to_datetime(frame[name], errors="coerce")
-    return frame
 
 
 # ----------------------------------------------------------------------------- resource
@@ -463,7 +235,7 @@ class MovieDatabase(ConfigurableResource):
         with self._connect("Reading the series catalogue") as conn:
             self._require_table(conn, movie)
             rows = conn.execute(series_catalog_statement()).all()
-        frame = _frame(rows, SERIES_CATALOG_COLUMNS)
+        frame = frame_from_rows(rows, SERIES_CATALOG_COLUMNS)
         frame["movie_id"] = frame["movie_id"].astype("int64")
         frame["series_id"] = frame["series_id"].astype("int64")
         return frame
@@ -489,7 +261,7 @@ class MovieDatabase(ConfigurableResource):
                 statement = movies_by_id_statement()
                 for start in range(0, len(wanted), IN_LIST_CHUNK):
                     found.extend(conn.execute(statement, {"movie_ids": wanted[start:start + IN_LIST_CHUNK]}).all())
-        frame = _frame(found, MOVIE_COLUMNS)
+        frame = frame_from_rows(found, MOVIE_COLUMNS)
         if len(frame):
             order = {movie_id: i for i, movie_id in enumerate(wanted)}
             frame = frame.sort_values("movie_id", key=lambda s: s.map(order)).reset_index(drop=True)
@@ -516,9 +288,9 @@ class MovieDatabase(ConfigurableResource):
         table = tables[name]
         with self._connect(f"Reading the {name} table") as conn:
             if not inspect(conn).has_table(table.name):
-                return _frame([], table.columns.keys())
+                return frame_from_rows([], table.columns.keys())
             rows = conn.execute(read_table_statement(table)).all()
-        return _frame(rows, table.columns.keys())
+        return frame_from_rows(rows, table.columns.keys())
 
     def row_counts(self) -> dict[str, int]:
         """``{"movie": n, "series": m}``: rows per table (a missing table is an error)."""
@@ -538,7 +310,7 @@ def movie_database_from_environment(environ: Mapping[str, str], data_dir: str | 
     name, never the URL and its password. (Such a resource is usable inside Dagster runs; outside
     them, build one with ``MovieDatabase(url=...)``.) Any other mapping gives the literal URL.
     """
-    url = (environ.get(DATABASE_URL_ENV) or "").strip()
+    url = env_text(DATABASE_URL_ENV, environ)
     if url:
         return MovieDatabase(url=env_value(environ, DATABASE_URL_ENV))
     folder = Path(data_dir).expanduser().resolve()
