@@ -188,7 +188,13 @@ def _fill(out: np.ndarray, counts: np.ndarray, short: np.ndarray, q: Queries, po
     cand = np.broadcast_to(popular_ids[:width], (len(short), width))
     rows = np.repeat(short, width)
     bad = _excluded(q, rows, cand.ravel(), exclude_seen).reshape(len(short), width)
-    bad |= (cand[:, :, None] == out[short][:, None, :]).any(axis=2)
+    listed = out[short]  # already in the row: compared as sorted codes row * scale + id
+    valid = listed != PAD
+    scale = int(max(cand.max(initial=0), listed.max(initial=0))) + 1
+    codes = np.sort(np.nonzero(valid)[0] * scale + listed[valid])
+    wanted = np.arange(len(short), dtype=np.int64)[:, None] * scale + cand
+    at = np.minimum(np.searchsorted(codes, wanted), max(len(codes) - 1, 0))
+    bad |= (codes[at] == wanted) if len(codes) else False
     ordered = np.take_along_axis(cand, np.argsort(bad, axis=1, kind="stable"), axis=1)
     put = np.minimum(k - counts[short], (~bad).sum(axis=1))
     for j in range(k):
