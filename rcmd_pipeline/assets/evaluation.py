@@ -27,7 +27,7 @@ from rcmd_pipeline.recommenders.history import HISTORY_BINS, build_queries, hist
 from rcmd_pipeline.recommenders.learned import leakage_cutoff
 from rcmd_pipeline.recommenders.registry import REGISTRY, Needs, Strategy
 from rcmd_pipeline.resources.lazy_input import LAZY, LazyValue
-from rcmd_pipeline.resources.local_state import LocalStateDir
+from rcmd_pipeline.resources.local_state import LocalStateDir, release_memory
 from rcmd_pipeline.resources.vector_store import VectorStore
 
 GROUP = "evaluation"
@@ -139,8 +139,10 @@ def sequence_tuning(context: AssetExecutionContext, config: SequenceTuningConfig
     started = time.perf_counter()
     cutoff = leakage_cutoff(eval_transitions.load())
     ratings = movielens_ratings.load()
-    users, movies, times = (ratings[c].to_numpy() for c in ("userId", "movieId", "timestamp"))
-    del ratings
+    before = ratings["timestamp"].to_numpy() < cutoff  # all the choice may read
+    users, movies, times = (ratings[c].to_numpy()[before] for c in ("userId", "movieId", "timestamp"))
+    del ratings, before
+    release_memory()
     choice = choose_sequence_parameters(
         users, movies, times, cutoff, *settings_, k=config.k,
         fixed={"slist": {"min_count": config.slist_min_count, "max_items": config.slist_max_items}})

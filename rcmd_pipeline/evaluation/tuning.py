@@ -195,8 +195,10 @@ def choose_sequence_parameters(users, movies, times, final_cutoff: int, min_movi
     grids = SEQUENCE_GRIDS if grids is None else grids
     query_grid = QUERY_GRID if query_grid is None else query_grid
     fixed = fixed or {}
+    users, movies, times = (np.asarray(c) for c in (users, movies, times))
     before = times < int(final_cutoff)
-    users, movies, times = (np.asarray(c)[before] for c in (users, movies, times))
+    if not before.all():  # (a caller may have loaded only these already: no copy then)
+        users, movies, times = users[before], movies[before], times[before]
     del before
     settings = TransitionSettings(min_movie_ratings=min_movie_ratings, eval_size=eval_size)
     validation = build_eval_transitions(users, movies, times, settings)
