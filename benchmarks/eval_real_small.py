@@ -80,11 +80,9 @@ def evaluate(label: str, users, movies, times, min_movie_ratings: int, eval_size
     started = time.perf_counter()
     split = validation_split(users, movies, times, min_movie_ratings, eval_size)
     grids = dict(grids=FULL_GRIDS, query_grid=FULL_QUERY_GRID) if full_grid else {}
-    choice = choose_sequence_parameters(users, movies, times, split.final_cutoff, min_movie_ratings, eval_size, K,
-                                        fixed={"slist": SLIST_ITEMS}, depth=DEPTH, max_len=MAX_LEN, **grids)
-    for name, params in choice.chosen.items():
-        print(f"  [{label}] chosen {name}: {params} validation HR@{K}={choice.validation_hit_ratio[name]:.4f}",
-              flush=True)
+    choice = choose_sequence_parameters(lambda: (users, movies, times), split.final_cutoff, min_movie_ratings,
+                                        eval_size, K, fixed={"slist": SLIST_ITEMS}, depth=DEPTH, max_len=MAX_LEN,
+                                        log=lambda line: print(f"  [{label}] {line}", flush=True), **grids)
     final_train = training_window(users, movies, times, split.final_cutoff)
     eq = build_queries(split.evaluation, users, movies, times, MAX_LEN)
     e_actual = split.evaluation["movieId"].to_numpy(np.int64)
@@ -249,15 +247,18 @@ def _tune_scale(path: str) -> dict:
     import psutil
 
     cutoff = _cutoff_in_child(path)
-    started = time.perf_counter()
-    train = load_window(path, cutoff)
-    load_seconds = time.perf_counter() - started
     rss_before = psutil.Process().memory_info().rss / 2**20
     wall, cpu = time.perf_counter(), time.process_time()
-    choice = choose_sequence_parameters(*train, cutoff, 1000, 3000, K, fixed={"slist": SLIST_ITEMS}, depth=DEPTH,
-                                        max_len=MAX_LEN)
+
+    def progress(line: str) -> None:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"  [{time.perf_counter() - wall:7.1f} s, RSS {psutil.Process().memory_info().rss / 2**20:,.0f} MB, "
+              f"peak {peak:,.0f} MB] {line}", flush=True)
+
+    choice = choose_sequence_parameters(lambda: load_window(path, cutoff), cutoff, 1000, 3000, K,
+                                        fixed={"slist": SLIST_ITEMS}, depth=DEPTH, max_len=MAX_LEN, log=progress)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    result = {"ratings_before_evaluation": int(len(train[0])), "load_seconds": round(load_seconds, 1),
+    result = {"cutoff": cutoff,
               "tune_wall_seconds": round(wall, 1), "tune_cpu_seconds": round(cpu, 1),
               "rss_before_mb": round(rss_before),
               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),

@@ -268,7 +268,8 @@ def test_the_sequence_choice_reads_nothing_of_the_evaluation_window():
     fixed = {"slist": {"min_count": 2, "max_items": 50}}
 
     def choose(m):
-        return choose_sequence_parameters(users, m, times, cutoff, 5, 100, k=10, grids=grids, fixed=fixed, depth=20)
+        return choose_sequence_parameters(lambda: (users, m, times), cutoff, 5, 100, k=10, grids=grids, fixed=fixed,
+                                          depth=20)
 
     first = choose(movies)
     changed = _shuffle_evaluation_window(rng, movies, times, cutoff)

@@ -138,15 +138,20 @@ def sequence_tuning(context: AssetExecutionContext, config: SequenceTuningConfig
         return versioning.kept(context, version, previous)
     started = time.perf_counter()
     cutoff = leakage_cutoff(eval_transitions.load())
-    ratings = movielens_ratings.load()
-    before = ratings["timestamp"].to_numpy() < cutoff  # all the choice may read
-    users, movies, times = (ratings[c].to_numpy()[before] for c in ("userId", "movieId", "timestamp"))
-    del ratings, before
-    release_memory()
+
+    def ratings_before_evaluation() -> tuple:
+        """All the choice may read; read inside it, so it can let them go once it has what it needs."""
+        ratings = movielens_ratings.load()
+        before = ratings["timestamp"].to_numpy() < cutoff
+        columns = tuple(ratings[c].to_numpy()[before] for c in ("userId", "movieId", "timestamp"))
+        del ratings, before
+        release_memory()
+        return columns
+
     choice = choose_sequence_parameters(
-        users, movies, times, cutoff, *settings_, k=config.k,
-        fixed={"slist": {"min_count": config.slist_min_count, "max_items": config.slist_max_items}})
-    del users, movies, times
+        ratings_before_evaluation, cutoff, *settings_, k=config.k,
+        fixed={"slist": {"min_count": config.slist_min_count, "max_items": config.slist_max_items}},
+        log=context.log.info)
     rows = ["| strategy | validation HitRatio@k | chosen |", "|---|---:|---|"]
     rows += [f"| {name} | {hr:.4f} | {choice.chosen.get(name, 'its default (not tuned)')} |"
              for name, hr in sorted(choice.validation_hit_ratio.items(), key=lambda kv: -kv[1])]

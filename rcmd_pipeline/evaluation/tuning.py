@@ -179,23 +179,27 @@ def _fits(name: str, train: tuple, fit_grid: dict, fixed: dict):
         del grams
 
 
-def choose_sequence_parameters(users, movies, times, final_cutoff: int, min_movie_ratings: int, eval_size: int,
-                               k: int = 10, grids: dict | None = None, query_grid: dict | None = None,
-                               fixed: dict | None = None, depth: int = 50, max_len: int = 100_000
+def choose_sequence_parameters(ratings: Callable[[], tuple], final_cutoff: int, min_movie_ratings: int,
+                               eval_size: int, k: int = 10, grids: dict | None = None,
+                               query_grid: dict | None = None, fixed: dict | None = None, depth: int = 50,
+                               max_len: int = 100_000, log: Callable[[str], None] | None = None
                                ) -> SequenceChoice:
     """Choose every sequence strategy's parameters and the blend's weights on the validation window.
 
-    Only the ratings strictly before ``final_cutoff`` (the earliest evaluation pair) are read:
-    validation pairs are ``build_eval_transitions`` over them with the evaluation set's settings,
-    models are fitted strictly before the earliest validation pair, each (fit x query) setting is
-    scored by validation HitRatio@k (ties: the earlier setting), then ``tune_blend`` weighs the
-    best of each with ``next_movie``. ``fixed`` holds per-model fit parameters that are not tuned
-    (SLIST's item set). The chosen dicts hold fixed, fit and query parameters, ready for fitting.
+    ``ratings()`` returns (users, movies, times); only those strictly before ``final_cutoff`` (the
+    earliest evaluation pair) are used, and they are let go once the validation pairs, their queries
+    and the tuning window are built (memory at 32M). Validation pairs: ``build_eval_transitions``
+    over them with the evaluation set's settings; models are fitted strictly before the earliest
+    validation pair; each (fit x query) setting is scored by validation HitRatio@k (ties: the
+    earlier setting); ``tune_blend`` weighs each model's best with ``next_movie``. ``fixed`` holds
+    per-model fit parameters that are not tuned (SLIST's item set). The chosen dicts hold fixed,
+    fit and query parameters, ready for fitting. ``log`` receives a line per step.
     """
+    say = log or (lambda message: None)
     grids = SEQUENCE_GRIDS if grids is None else grids
     query_grid = QUERY_GRID if query_grid is None else query_grid
     fixed = fixed or {}
-    users, movies, times = (np.asarray(c) for c in (users, movies, times))
+    users, movies, times = (np.asarray(c) for c in ratings())
     before = times < int(final_cutoff)
     if not before.all():  # (a caller may have loaded only these already: no copy then)
         users, movies, times = users[before], movies[before], times[before]
@@ -207,8 +211,15 @@ def choose_sequence_parameters(users, movies, times, final_cutoff: int, min_movi
     actual = validation["movieId"].to_numpy(np.int64)
     train = training_window(users, movies, times, tuning_cutoff)
     del users, movies, times
+    say(f"{len(validation)} validation pairs; models for choosing learn from {len(train[0]):,} ratings")
 
-    chosen, scores, tables, best_parts = {}, {}, {}, {}
+    # Each part is kept only as its validation lists (depth per query), never as a model.
+    chosen, scores, tables, lists = {}, {}, {}, {}
+    popularity = PopularityRecommender(train[1])
+    next_movie = PrevOnly(NextMovieRecommender(*train, fallback=popularity), "next_movie")
+    lists["next_movie"] = next_movie.recommend_queries(queries, max(depth, k))
+    scores["next_movie"] = float(hits_at_k(lists["next_movie"], actual, k).mean())
+    del next_movie, popularity
     for name, fit_grid in grids.items():
         rows, best = [], None
         for fit_params, state in _fits(name, train, fit_grid, fixed.get(name, {})):
@@ -221,16 +232,14 @@ def choose_sequence_parameters(users, movies, times, final_cutoff: int, min_movi
             del state
         scores[name], chosen[name], tables[name] = best[0], best[1], pd.DataFrame(rows)
         _, query = split_params(name, best[1])
-        best_parts[name] = MODELS[name].from_state(best[2], **query)
+        lists[name] = MODELS[name].from_state(best[2], **query).recommend_queries(queries, max(depth, k))
         del best
-    popularity = PopularityRecommender(train[1])
-    best_parts["next_movie"] = PrevOnly(NextMovieRecommender(*train, fallback=popularity), "next_movie")
+        say(f"{name}: {chosen[name]} scores {scores[name]:.4f} on validation ({len(rows)} settings)")
     del train
-    next_hits = hits_at_k(best_parts["next_movie"].recommend_queries(queries, k), actual, k)
-    scores["next_movie"] = float(next_hits.mean())
-    lists = {name: best_parts[name].recommend_queries(queries, depth) for name in BLEND_PARTS if name in best_parts}
-    blend = tune_blend(lists, queries, actual, k, exclude_seen=True)
+    blend = tune_blend({name: lists[name] for name in BLEND_PARTS if name in lists}, queries, actual, k,
+                       exclude_seen=True)
     chosen["seq_hybrid"], scores["seq_hybrid"], tables["seq_hybrid"] = blend.params, blend.hit_ratio, blend.table
+    say(f"seq_hybrid: weights {blend.params} score {blend.hit_ratio:.4f} on validation")
     return SequenceChoice(chosen, scores, tables, len(validation), tuning_cutoff, int(final_cutoff))
 
 
