@@ -3,14 +3,17 @@
     python benchmarks/eval_real_small.py                      # real ratings_small + the demo
     python benchmarks/eval_real_small.py --data real          # only ../shared/data/real-movies-small
     python benchmarks/eval_real_small.py --data demo          # only data/demo (study defaults 1000/3000)
+    python benchmarks/eval_real_small.py --data demo --full-grid   # tune on the larger grid instead
     python benchmarks/eval_real_small.py --scale benchmarks/work/ml32m/ratings.parquet   # fit time/RSS
+    python benchmarks/eval_real_small.py --data none --tune-scale benchmarks/work/ml32m/ratings.parquet
 
-For each data set: the study's evaluation pairs, the validation pairs before them
-(``rcmd_pipeline.evaluation.tuning.validation_split``), every strategy's grid scored on validation
-with models trained before the validation window, the chosen parameters retrained on everything
-before the evaluation window and scored ONCE on it: HitRatio@10 with its Wilson 95% interval, the
-exact McNemar p-value against ``next_movie``, and the split by history length. ``--scale`` times
-each fit (default parameters, one process per fit for an honest peak RSS) on a 32M-row file.
+For each data set, what the pipeline does: ``sequence_tuning``'s choice on the validation window
+(``choose_sequence_parameters``: the validation pairs before the evaluation window, every grid
+setting fitted before them and scored on them, the blend's weights), the model assets' refit of
+the chosen values on everything before the evaluation window, and ONE scoring on it: HitRatio@10
+with its Wilson 95% interval, the exact McNemar p-value against ``next_movie``, and the split by
+history length. ``--scale`` times each fit (default parameters, one process per fit for an honest
+peak RSS) on a 32M-row file; ``--tune-scale`` the whole tuning.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from rcmd_pipeline.evaluation.metrics import hits_at_k  # noqa: E402
 from rcmd_pipeline.evaluation.report import hit_ratio_interval, mcnemar_exact  # noqa: E402
-from rcmd_pipeline.evaluation.tuning import tune, tune_blend, validation_split  # noqa: E402
+from rcmd_pipeline.evaluation.tuning import choose_sequence_parameters, validation_split  # noqa: E402
 from rcmd_pipeline.recommenders.history import HISTORY_BINS, build_queries, history_bin_labels  # noqa: E402
 from rcmd_pipeline.recommenders.learned import (  # noqa: E402
     NextMovieRecommender,
@@ -45,7 +48,8 @@ from rcmd_pipeline.recommenders.sequence import (  # noqa: E402
     PrevOnly,
     SequenceHybrid,
     SequentialRules,
-    blend_lists,
+    fit_model,
+    load_model,
 )
 
 REAL = ROOT.parent / "shared" / "data" / "real-movies-small" / "ratings_small.csv"
@@ -53,13 +57,15 @@ DEMO = ROOT / "data" / "demo" / "ratings.csv"
 K = 10
 MAX_LEN = 100_000  # whole histories: exclude_seen must see every earlier rating
 
-QUERY_GRID = {"last_n": [1, 3, 10], "decay": ["harmonic", "linear"], "exclude_seen": [False, True]}
-SPECS = {
-    "seq_rules": (SequentialRules, {"max_gap": [1, 3, 10]}),
-    "item_knn": (ItemKNN, {"window": [3, 10], "shrink": [0.0, 20.0]}),
-    "slist": (SLIST, {"window": [2, 5], "alpha": [0.25, 0.5, 1.0], "reg": [1.0, 10.0, 100.0]}),
+FULL_QUERY_GRID = {"last_n": [1, 3, 10], "decay": ["harmonic", "linear"], "exclude_seen": [False, True]}
+FULL_GRIDS = {
+    "seq_rules": {"max_gap": [1, 3, 10]},
+    "item_knn": {"window": [3, 10], "shrink": [0.0, 20.0]},
+    "slist": {"window": [2, 5], "alpha": [0.25, 0.5, 1.0], "reg": [1.0, 10.0, 100.0]},
 }
-SLIST_ITEMS = {"min_count": 5, "max_items": 3000}
+"""``--full-grid``: the larger grid the asset's grid was cut from (same winners on both data sets)."""
+SLIST_ITEMS = {"min_count": 5, "max_items": 3000}  # sequence_tuning's defaults
+DEPTH = 50
 
 
 def _load(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -68,77 +74,27 @@ def _load(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             frame["timestamp"].to_numpy(np.int64))
 
 
-def _factory(cls, train, fit_keys, cache):
-    """Fits cached by their fit parameters (SLIST: Gram matrices cached by window, solved per alpha/reg)."""
-
-    def make(**params):
-        fit_params = {k: params[k] for k in fit_keys}
-        query_params = {k: v for k, v in params.items() if k not in fit_keys}
-        key = (cls.name, tuple(sorted(fit_params.items())))
-        if key not in cache:
-            if cls is SLIST:
-                gkey = ("grams", fit_params["window"])
-                if gkey not in cache:
-                    cache[gkey] = SLIST.grams(*train, window=fit_params["window"], **SLIST_ITEMS)
-                cache[key] = SLIST.solve(cache[gkey], alpha=fit_params["alpha"], reg=fit_params["reg"])
-            else:
-                cache[key] = cls.fit(*train, **fit_params)
-        return cls.from_state(cache[key], **query_params)
-
-    return make
-
-
-def _fit_final(cls, train, params):
-    fit_keys = SPECS[cls.name][1]
-    fit_params = {k: params[k] for k in fit_keys}
-    query_params = {k: v for k, v in params.items() if k not in fit_keys}
-    extra = SLIST_ITEMS if cls is SLIST else {}
-    return cls.from_state(cls.fit(*train, **fit_params, **extra), **query_params)
-
-
-def _next_movie(train):
-    popularity = PopularityRecommender(train[1])
-    return PrevOnly(NextMovieRecommender(*train, fallback=popularity), "next_movie"), PrevOnly(popularity)
-
-
-def evaluate(label: str, users, movies, times, min_movie_ratings: int, eval_size: int) -> dict:
+def evaluate(label: str, users, movies, times, min_movie_ratings: int, eval_size: int, full_grid: bool = False) -> dict:
+    """What the pipeline does: ``sequence_tuning`` (choose_sequence_parameters), the model assets'
+    refit before the evaluation window, one scoring of every strategy on the evaluation pairs."""
     started = time.perf_counter()
     split = validation_split(users, movies, times, min_movie_ratings, eval_size)
-    before_eval = times < split.final_cutoff
-    tuning_train = training_window(users, movies, times, split.tuning_cutoff)
+    grids = dict(grids=FULL_GRIDS, query_grid=FULL_QUERY_GRID) if full_grid else {}
+    choice = choose_sequence_parameters(lambda: (users, movies, times), split.final_cutoff, min_movie_ratings,
+                                        eval_size, K, fixed={"slist": SLIST_ITEMS}, depth=DEPTH, max_len=MAX_LEN,
+                                        log=lambda line: print(f"  [{label}] {line}", flush=True), **grids)
     final_train = training_window(users, movies, times, split.final_cutoff)
-    vq = build_queries(split.validation, users[before_eval], movies[before_eval], times[before_eval], MAX_LEN)
     eq = build_queries(split.evaluation, users, movies, times, MAX_LEN)
-    v_actual = split.validation["movieId"].to_numpy(np.int64)
     e_actual = split.evaluation["movieId"].to_numpy(np.int64)
-
-    chosen, val_hr, tables = {}, {}, {}
-    val_parts, final_parts = {}, {}
-    next_val, pop_val = _next_movie(tuning_train)
-    next_final, pop_final = _next_movie(final_train)
-    val_parts["next_movie"], final_parts["next_movie"] = next_val, next_final
-    for name, (cls, fit_grid) in SPECS.items():
-        cache: dict = {}
-        result = tune(_factory(cls, tuning_train, list(fit_grid), cache), {**fit_grid, **QUERY_GRID}, vq, v_actual, K)
-        chosen[name], val_hr[name], tables[name] = result.params, result.hit_ratio, result.table
-        val_parts[name] = _factory(cls, tuning_train, list(fit_grid), cache)(**result.params)
-        final_parts[name] = _fit_final(cls, final_train, result.params)
-        print(f"  [{label}] tuned {name}: {result.params} validation HR@{K}={result.hit_ratio:.4f} "
-              f"({len(result.table)} settings)", flush=True)
-
-    depth = 50
-    lists = {n: p.recommend_queries(vq, depth) for n, p in val_parts.items()}
-    blend = tune_blend(lists, vq, v_actual, K, exclude_seen=True)
-    chosen["seq_hybrid"], val_hr["seq_hybrid"] = blend.params, blend.hit_ratio
-    hybrid = SequenceHybrid(final_parts, blend.params, depth=depth, exclude_seen=True)
-    val_hr["next_movie"] = float(hits_at_k(next_val.recommend_queries(vq, K), v_actual, K).mean())
-    val_hr["popularity"] = float(hits_at_k(pop_val.recommend_queries(vq, K), v_actual, K).mean())
-    # on validation, the best single part as the blend's starting point (for the report)
-    best_part = max((n for n in lists), key=lambda n: float(hits_at_k(
-        blend_lists(vq, lists, {n: 1.0}, K, exclude_seen=True), v_actual, K).mean()))
+    popularity = PopularityRecommender(final_train[1])
+    parts = {"next_movie": PrevOnly(NextMovieRecommender(*final_train, fallback=popularity), "next_movie"),
+             **{name: load_model(name, fit_model(name, *final_train, choice.chosen[name]))
+                for name in ("seq_rules", "item_knn", "slist")}}
+    hybrid = SequenceHybrid(parts, choice.chosen["seq_hybrid"], depth=DEPTH, exclude_seen=True)
+    val_hr = dict(choice.validation_hit_ratio)
 
     # ---- the one scoring on the evaluation window
-    strategies = {"popularity": pop_final, **final_parts, "seq_hybrid": hybrid}
+    strategies = {"popularity": PrevOnly(popularity), **parts, "seq_hybrid": hybrid}
     hits = {n: hits_at_k(s.recommend_queries(eq, K), e_actual, K) for n, s in strategies.items()}
     bins = history_bin_labels(eq)
     base = hits["next_movie"]
@@ -155,14 +111,16 @@ def evaluate(label: str, users, movies, times, min_movie_ratings: int, eval_size
             row[f"hr[{bl}]"] = float(h[sel].mean()) if sel.any() else float("nan")
         rows.append(row)
     table = pd.DataFrame(rows).sort_values("hr", ascending=False).reset_index(drop=True)
-    best_on_val = max((n for n in hits if n not in ("next_movie", "popularity")), key=lambda n: val_hr[n])
+    tuned = [n for n in hits if n not in ("next_movie", "popularity")]
+    best_on_val = max(tuned, key=lambda n: val_hr[n])
+    best_part = max(("seq_rules", "item_knn", "slist"), key=lambda n: val_hr[n])
     summary = {
         "label": label, "ratings": int(len(users)), "min_movie_ratings": min_movie_ratings, "eval_size": eval_size,
-        "tuning_cutoff": split.tuning_cutoff, "final_cutoff": split.final_cutoff,
-        "validation_users": int(split.validation["userId"].nunique()),
+        "grid": "full" if full_grid else "the asset's", "tuning_cutoff": split.tuning_cutoff,
+        "final_cutoff": split.final_cutoff, "validation_users": int(split.validation["userId"].nunique()),
         "evaluation_users": int(split.evaluation["userId"].nunique()),
         "history_bins_n": {bl: int((bins == bl).sum()) for _, _, bl in HISTORY_BINS},
-        "chosen": chosen, "best_on_validation": best_on_val, "best_single_part_on_validation": best_part,
+        "chosen": choice.chosen, "best_on_validation": best_on_val, "best_single_part_on_validation": best_part,
         "seconds": round(time.perf_counter() - started, 1),
     }
     return {"summary": summary, "table": table}
@@ -172,7 +130,7 @@ def print_result(result: dict) -> None:
     s, table = result["summary"], result["table"]
     print(f"\n== {s['label']}: {s['ratings']:,} ratings, min_movie_ratings={s['min_movie_ratings']}, "
           f"eval_size={s['eval_size']} ({s['evaluation_users']} users in evaluation, {s['validation_users']} in "
-          f"validation), {s['seconds']} s")
+          f"validation), {s['grid']} grid, {s['seconds']} s")
     print("pairs by earlier ratings:", s["history_bins_n"])
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.float_format", "{:.4f}".format):
         print(table.to_string(index=False))
@@ -242,7 +200,16 @@ def _cutoff_in_child(path: str) -> int:
     return int(out.stdout.strip().splitlines()[-1])
 
 
+class _NextMovieFit:
+    """``next_movie``'s model (the sequence_tuning step fits it too) in the ``fit`` shape of the others."""
+
+    @staticmethod
+    def fit(users, movies, times) -> dict[str, np.ndarray]:
+        return NextMovieRecommender(users, movies, times).state()
+
+
 FIT_ONE_PARAMS = {
+    "next_movie": (_NextMovieFit, {}),
     "seq_rules": (SequentialRules, {}),
     "item_knn": (ItemKNN, {}),
     "slist": (SLIST, {"min_count": 1000, "max_items": 3500, "window": 5, "alpha": 0.5, "reg": 10.0}),
@@ -278,8 +245,36 @@ def _fit_one(path: str, name: str, cutoff: int | None, save: str | None = None) 
               "rss_before_fit_mb": round(rss_before), "peak_rss_before_fit_mb": round(peak_before),
               "peak_rss_after_fit_mb": round(peak_after), "fit_added_mb": round(peak_after - rss_before),
               "state_mb": round(sum(v.nbytes for v in state.values()) / 2**20, 1),
-              "items": int(len(state["item_ids"])), "load_average": [round(x, 1) for x in os.getloadavg()]}
+              "items": int(len(state["item_ids"])) if "item_ids" in state else None,
+              "load_average": [round(x, 1) for x in os.getloadavg()]}
     print(json.dumps(result), flush=True)
+    return result
+
+
+def _tune_scale(path: str) -> dict:
+    """``sequence_tuning``'s work on a 32M-row file, in this process: the ratings before the
+    evaluation window loaded compactly (what the asset reads), then choose_sequence_parameters."""
+    import psutil
+
+    cutoff = _cutoff_in_child(path)
+    rss_before = psutil.Process().memory_info().rss / 2**20
+    wall, cpu = time.perf_counter(), time.process_time()
+
+    def progress(line: str) -> None:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"  [{time.perf_counter() - wall:7.1f} s, RSS {psutil.Process().memory_info().rss / 2**20:,.0f} MB, "
+              f"peak {peak:,.0f} MB] {line}", flush=True)
+
+    choice = choose_sequence_parameters(lambda: load_window(path, cutoff), cutoff, 1000, 3000, K,
+                                        fixed={"slist": SLIST_ITEMS}, depth=DEPTH, max_len=MAX_LEN, log=progress)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    result = {"cutoff": cutoff,
+              "tune_wall_seconds": round(wall, 1), "tune_cpu_seconds": round(cpu, 1),
+              "rss_before_mb": round(rss_before),
+              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+              "chosen": choice.chosen, "validation_hit_ratio": choice.validation_hit_ratio,
+              "load_average": [round(x, 1) for x in os.getloadavg()]}
+    print(json.dumps(result, default=str), flush=True)
     return result
 
 
@@ -288,11 +283,14 @@ def main() -> None:
     ap.add_argument("--data", choices=["real", "demo", "both", "none"], default="both")
     ap.add_argument("--real-min-ratings", type=int, default=20)
     ap.add_argument("--real-eval-size", type=int, default=1000)
+    ap.add_argument("--full-grid", action="store_true", help="tune on the larger grid the asset's was cut from")
     ap.add_argument("--scale", help="a 32M-row ratings.parquet: time each fit in its own process")
     ap.add_argument("--fit-one", nargs=2, metavar=("PARQUET", "STRATEGY"),
                     help="one fit in this process: load the training window compactly, fit, print time and RSS")
     ap.add_argument("--cutoff", type=int, help="with --fit-one: the training cutoff (default: the study's)")
     ap.add_argument("--save-state", help="with --fit-one: write the fitted state to this .npz")
+    ap.add_argument("--tune-scale", metavar="PARQUET",
+                    help="sequence_tuning's whole choice on a 32M-row file: time and peak RSS of this process")
     ap.add_argument("--cutoff-of", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.cutoff_of:
@@ -301,16 +299,20 @@ def main() -> None:
     if args.fit_one:
         _fit_one(*args.fit_one, cutoff=args.cutoff, save=args.save_state)
         return
+    if args.tune_scale:
+        _tune_scale(args.tune_scale)
+        return
     if args.data in ("real", "both"):
         if REAL.exists():
-            print_result(evaluate("real ratings_small", *_load(REAL), args.real_min_ratings, args.real_eval_size))
+            print_result(evaluate("real ratings_small", *_load(REAL), args.real_min_ratings, args.real_eval_size,
+                                  args.full_grid))
         else:
             print(f"{REAL} is absent: skipping the real data set")
     if args.data in ("demo", "both"):
-        print_result(evaluate("demo", *_load(DEMO), 1000, 3000))
+        print_result(evaluate("demo", *_load(DEMO), 1000, 3000, args.full_grid))
     if args.scale:
         cutoff = _cutoff_in_child(args.scale)
-        for name in FIT_ONE_PARAMS:
+        for name in (n for n in FIT_ONE_PARAMS if n != "next_movie"):
             subprocess.run([sys.executable, __file__, "--fit-one", args.scale, name, "--cutoff", str(cutoff)],
                            check=True)
 

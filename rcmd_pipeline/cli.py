@@ -6,6 +6,7 @@
     rcmd similar 1 --strategy series     # its series first, newest first
     rcmd search "장난감들이 살아 움직이는 이야기"
     rcmd user 42 --recent 5 --json
+    rcmd user 42 --strategy seq_hybrid   # from the user's whole history, a learned strategy
 
 Reads the state of ``RCMD_DATA_DIR`` (see README: configuration by environment variable) through
 :class:`rcmd_pipeline.serving.Recommendations`. ``--json`` prints a JSON list of
@@ -89,6 +90,9 @@ def build_parser(registry: Sequence[Strategy] = REGISTRY) -> argparse.ArgumentPa
     user.add_argument("user_id", type=_whole, metavar="USER_ID", help="MovieLens user id")
     user.add_argument("--recent", type=_positive, default=10,
                       help="how many of the user's most recent movies (with a vector) to average (default 10)")
+    user.add_argument("--strategy", choices=strategies, default="vector",
+                      help="vector (the mean of the recent movies' vectors, default) or any registered strategy, "
+                           "asked with the user's whole history: " + ", ".join(s for s in strategies if s != "vector"))
     common(user)
     return parser
 
@@ -156,9 +160,11 @@ def _run(args: argparse.Namespace, registry: Sequence[Strategy]) -> tuple[list[d
             rows = rec.search(args.text, k=args.k)
             heading = f"Movies nearest to \"{args.text.strip()}\":"
         else:
-            rows = rec.user(args.user_id, k=args.k, recent=args.recent)
+            rows = rec.user(args.user_id, k=args.k, recent=args.recent, strategy=args.strategy)
             heading = (f"For user {args.user_id} (from up to {args.recent} of their most recent movies with a vector, "
-                       "their own movies excluded):")
+                       "their own movies excluded):" if args.strategy == "vector" else
+                       f"For user {args.user_id}, strategy {args.strategy} (from their ratings, their own movies "
+                       "excluded):")
     return rows, heading
 
 

@@ -8,8 +8,10 @@ best first (``score`` is the cosine similarity, or None for a strategy without s
   (``vector``, ``series``, ``series_vector``, ``random``), the movie itself never included;
 - :meth:`Recommendations.search`: movies whose overview is nearest to a free text ("a toy comes to
   life"), embedded with the same model as the collection;
-- :meth:`Recommendations.user`: movies for a user: the normalised mean of the vectors of the
-  user's most recently rated movies, the user's own rated movies excluded.
+- :meth:`Recommendations.user`: movies for a user: by default the normalised mean of the vectors
+  of the user's most recently rated movies; or any registered strategy answering for the user's
+  whole history as its query (the sequence strategies use all of it, the others the last movie);
+  the user's own rated movies are always excluded.
 
 Where things come from (the same environment variables as the pipeline, see README):
 
@@ -53,6 +55,7 @@ from rcmd_pipeline.recommenders import (
     SeriesVectorRecommender,
     VectorRecommender,
 )
+from rcmd_pipeline.recommenders.history import queries_from_histories
 from rcmd_pipeline.recommenders.registry import REGISTRY, QueryContext, Strategy, all_parts, by_name
 from rcmd_pipeline.resources.embedder import Embedder, embedder_from_environment
 from rcmd_pipeline.resources.local_state import stored_value_path
@@ -359,6 +362,26 @@ class Recommendations:
         row = recommender.recommend(np.array([movie_id], dtype=np.int64), k + 1)[0]
         return self._rows([int(i) for i in row if i != PAD and i != movie_id][:k])
 
+    def _user_from_model(self, rated: np.ndarray, k: int, name: str) -> list[dict[str, Any]]:
+        """A registered strategy's picks for a user whose ratings (oldest first) are ``rated``."""
+        strategy = by_name(self.registry)[name]
+        parts = {part: self._model_state(part) for part in all_parts(strategy, self.registry)}
+        state = self._model_state(name)
+
+        def neighbours(ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+            session, _ = self._vectors()
+            return session.neighbours(self.collection, ids, n)
+
+        recommender = strategy.recommender(state, QueryContext(seed=self.seed, neighbours=neighbours, parts=parts))
+        seen = set(rated.tolist())
+        depth = k + len(seen)  # enough to drop every rated movie and keep k
+        if "fill" in state:  # the random fill draws distinct ids: never more than it has
+            depth = min(depth, len(state["fill"]))
+        query = queries_from_histories([rated])
+        row = recommender.recommend_queries(query, depth)[0] if hasattr(recommender, "recommend_queries") \
+            else recommender.recommend(query.prev, depth)[0]
+        return self._rows([int(i) for i in row if i != PAD and int(i) not in seen][:k])
+
     def search(self, text: str, k: int = 10) -> list[dict[str, Any]]:
         """The k movies whose overview embedding is nearest to ``text``, with cosine scores.
 
@@ -395,13 +418,23 @@ class Recommendations:
         frame = frame.sort_values(["timestamp", "movieId"], kind="stable").reset_index(drop=True)
         return frame[["movieId", "rating", "timestamp"]]
 
-    def user(self, user_id: int, k: int = 10, recent: int = 10) -> list[dict[str, Any]]:
-        """k movies for a user: nearest to the L2-normalised mean vector of the ``recent`` most
-        recently rated movies that have a vector; every movie the user rated is excluded."""
+    def user(self, user_id: int, k: int = 10, recent: int = 10, strategy: str = "vector") -> list[dict[str, Any]]:
+        """k movies for a user; every movie the user rated is excluded.
+
+        ``vector`` (default): nearest to the L2-normalised mean vector of the ``recent`` most
+        recently rated movies that have a vector, with cosine scores. Any other of
+        :meth:`strategies`: the strategy's stored model answers one query, the user's whole
+        history (oldest first, the last rated movie as the previous movie); no scores.
+        """
         user_id = _check_id(user_id, "user id")
         k, recent = check_k(k), check_k(recent, "recent")
+        choices = self.strategies()
+        if strategy not in choices:
+            raise ValueError(f"unknown strategy {strategy!r}: expected one of {', '.join(choices)}")
         history = self.user_history(user_id)
         rated = history["movieId"].astype("int64").to_numpy()
+        if strategy != "vector":
+            return self._user_from_model(rated, k, strategy)
         session, _ = self._vectors()
         vectors = session.retrieve(self.collection, rated)
         newest_first = list(dict.fromkeys(int(m) for m in rated[::-1]))

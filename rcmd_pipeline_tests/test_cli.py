@@ -19,11 +19,16 @@ from dagster import materialize
 
 from rcmd_pipeline.cli import display_width, fit, main
 from rcmd_pipeline.definitions import all_assets
+from rcmd_pipeline.recommenders.base import PAD
+from rcmd_pipeline.recommenders.history import queries_from_histories
+from rcmd_pipeline.recommenders.sequence import load_model
 from rcmd_pipeline.serving import ModelMismatchError, Recommendations, UnknownMovieError
 from rcmd_pipeline_tests.helpers import embedded_resources, small_run_config, synthetic_ratings, write_dataset
 
 SELECTION = ["movielens_ratings", "movielens_links", "tmdb_movie_info_kr", "movie_table", "series_table",
-             "movie_overview_embeddings", "movie_vectors", "eval_transitions"]
+             "movie_overview_embeddings", "movie_vectors", "eval_transitions", "sequence_tuning",
+             *(f"{name}_model" for name in ("random", "popularity", "next_movie", "seq_rules", "item_knn", "slist",
+                                           "seq_hybrid"))]
 NO_VECTOR = {5, 10}  # no overview: no vector
 CLEARED = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "RCMD_EMBEDDING_MODEL", "RCMD_EMBEDDING_DIMENSIONS", "QDRANT_URL",
            "QDRANT_API_KEY", "RCMD_QDRANT_COLLECTION", "RCMD_DATABASE_URL", "RCMD_TMDB_SNAPSHOT_DIR")
@@ -202,6 +207,23 @@ def test_user_recent_uses_the_latest_movies_with_a_vector(state):
     # with recent=1 the query is the latest movie's own vector: its neighbours minus the user's movies
     rated = set(history["movieId"].astype(int))
     assert [r["movie_id"] for r in one] == [m for m in like_latest if m not in rated]
+
+
+@pytest.mark.parametrize("strategy", ["seq_rules", "seq_hybrid", "next_movie", "random"])
+def test_user_by_a_registered_strategy_answers_from_the_whole_history(capsys, state, strategy):
+    ratings = state[2]
+    user = 7
+    history = ratings[ratings["userId"] == user].sort_values(["timestamp", "movieId"])
+    rated = [int(m) for m in history["movieId"]]
+    rows = run_json(capsys, "user", str(user), "-k", "4", "--strategy", strategy)
+    ids = [r["movie_id"] for r in rows]
+    assert len(ids) == 4 == len(set(ids)) and not set(ids) & set(rated)
+    assert all(r["score"] is None for r in rows)
+    if strategy == "seq_rules":  # exactly the stored model's answer to the query "this whole history"
+        with Recommendations.from_environment() as rec:
+            model = load_model("seq_rules", rec._model_state("seq_rules"))
+        picks = model.recommend_queries(queries_from_histories([rated]), 4 + len(set(rated)))[0]
+        assert ids == [int(m) for m in picks if m != PAD and int(m) not in rated][:4]
 
 
 def test_user_table_and_unknown_user(capsys):

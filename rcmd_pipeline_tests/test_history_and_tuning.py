@@ -5,9 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from dagster import materialize
 
+from rcmd_pipeline.definitions import all_assets
 from rcmd_pipeline.evaluation.transitions import TransitionSettings, build_eval_transitions
-from rcmd_pipeline.evaluation.tuning import expand_grid, tune, tune_blend, validation_split
+from rcmd_pipeline.evaluation.tuning import (
+    BLEND_PARTS,
+    choose_sequence_parameters,
+    decode_choice,
+    encode_choice,
+    expand_grid,
+    tune,
+    tune_blend,
+    validation_split,
+)
 from rcmd_pipeline.recommenders.history import build_queries, history_bin_labels, history_lengths
 from rcmd_pipeline.recommenders.learned import (
     NextMovieRecommender,
@@ -22,6 +33,7 @@ from rcmd_pipeline.recommenders.sequence import (
     SequenceHybrid,
     SequentialRules,
 )
+from rcmd_pipeline_tests.helpers import embedded_resources, small_run_config, write_dataset
 
 
 def _pairs(rows):
@@ -236,3 +248,60 @@ def test_build_queries_takes_int32_columns_as_they_are():
         assert np.array_equal(getattr(narrow, field), getattr(wide, field)), field
         assert getattr(narrow, field).dtype == np.int64
     assert len(wide.items) > len(pairs)  # histories are not empty
+
+
+def _shuffle_evaluation_window(rng, movies, times, cutoff):
+    """The ratings at or after ``cutoff`` get each other's movies (counts and times stay)."""
+    late = np.flatnonzero(times >= cutoff)
+    changed = movies.copy()
+    changed[late] = movies[rng.permutation(late)]
+    return changed
+
+
+def test_the_sequence_choice_reads_nothing_of_the_evaluation_window():
+    rng = np.random.default_rng(4)
+    users, movies, times = _ratings(rng, n_users=150)
+    settings = TransitionSettings(5, 100)
+    cutoff = leakage_cutoff(build_eval_transitions(users, movies, times, settings))
+    grids = {"seq_rules": {"max_gap": [1, 3]}, "item_knn": {"window": [3], "shrink": [0.0, 5.0]},
+             "slist": {"window": [2], "alpha": [0.5, 1.0], "reg": [5.0]}}
+    fixed = {"slist": {"min_count": 2, "max_items": 50}}
+
+    def choose(m):
+        return choose_sequence_parameters(lambda: (users, m, times), cutoff, 5, 100, k=10, grids=grids, fixed=fixed,
+                                          depth=20)
+
+    first = choose(movies)
+    changed = _shuffle_evaluation_window(rng, movies, times, cutoff)
+    assert not build_eval_transitions(users, changed, times, settings).equals(
+        build_eval_transitions(users, movies, times, settings))  # the evaluation pairs did change
+    second = choose(changed)
+    assert second.chosen == first.chosen and second.validation_hit_ratio == first.validation_hit_ratio
+    for name, table in first.tables.items():
+        pd.testing.assert_frame_equal(second.tables[name], table)
+    assert decode_choice(encode_choice(first)) == first.chosen
+    assert first.chosen["slist"]["max_items"] == 50 and set(first.chosen["seq_hybrid"]) == set(BLEND_PARTS)
+    # the blend is at least its best part on validation, and the grid really discriminates
+    assert first.validation_hit_ratio["seq_hybrid"] >= max(first.validation_hit_ratio[n] for n in BLEND_PARTS)
+    assert len(set(first.tables["seq_rules"]["hit_ratio"])) > 1
+
+
+def test_the_tuning_asset_chooses_the_same_when_the_evaluation_window_changes(tmp_path):
+    rng = np.random.default_rng(4)
+    users, movies, times = _ratings(rng, n_users=150)
+    cutoff = leakage_cutoff(build_eval_transitions(users, movies, times, TransitionSettings(5, 100)))
+    outputs = []
+    for label, m in (("a", movies), ("b", _shuffle_evaluation_window(rng, movies, times, cutoff))):
+        frame = pd.DataFrame({"userId": users, "movieId": m, "rating": 4.0, "timestamp": times})
+        dataset = write_dataset(tmp_path / label, frame)
+        result = materialize(all_assets, selection=["movielens_ratings", "eval_transitions", "sequence_tuning"],
+                             resources=embedded_resources(dataset, tmp_path / f"state_{label}"),
+                             run_config=small_run_config(5, 100))
+        assert result.success
+        meta = result.asset_materializations_for_node("sequence_tuning")[0].metadata
+        outputs.append((result.output_for_node("eval_transitions"), result.output_for_node("sequence_tuning"),
+                        meta["chosen"].value))
+    (pairs_a, tuned_a, chosen_a), (pairs_b, tuned_b, chosen_b) = outputs
+    assert not pairs_a.equals(pairs_b) and pairs_a["timestamp"].min() == pairs_b["timestamp"].min()
+    assert chosen_a == chosen_b == decode_choice(tuned_a)
+    assert tuned_a.keys() == tuned_b.keys() and all(np.array_equal(tuned_a[k], tuned_b[k]) for k in tuned_a)

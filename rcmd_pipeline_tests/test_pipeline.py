@@ -54,8 +54,10 @@ def test_materialize_every_asset_on_the_demo_data_with_the_study_defaults(tmp_pa
                                   "tmdb_movie_info_kr", "strategy_leaderboard", "sample_recommendations")]
         + ["movie_overview_embeddings.npz"]  # vectors as one contiguous (n, dimension) array
         + [f"hit_ratio_{s}.pickle" for s in ("random", "series", "vector", "series_vector", "popularity",
-                                              "next_movie", "hybrid")]
+                                              "next_movie", "hybrid", "seq_rules", "item_knn", "slist",
+                                              "seq_hybrid")]
         + [f"{s.name}_model.npz" for s in REGISTRY]  # every strategy's learned state, as arrays
+        + ["sequence_tuning.npz"]  # the values chosen on the validation window
     )
     tmdb_meta = meta["tmdb_movie_info_kr"]
     assert tmdb_meta["requested"].value == 303 and tmdb_meta["failed"].value == 0
@@ -69,15 +71,21 @@ def test_materialize_every_asset_on_the_demo_data_with_the_study_defaults(tmp_pa
     for name in ("vector", "series_vector"):
         assert meta[f"hit_ratio_{name}"]["hit_ratio"].value > random_meta["hit_ratio"].value + 0.05, name
     board = result.output_for_node("strategy_leaderboard").set_index("strategy")
-    assert len(board) == 7
+    assert len(board) == len(REGISTRY) == 11
     # the bar: the best new strategy beats the study's best (vector) with p < 0.01
     best = board.index[0]
-    assert best in {"popularity", "next_movie", "hybrid"}, board
+    assert best in {"popularity", "next_movie", "hybrid", "seq_rules", "item_knn", "slist", "seq_hybrid"}, board
     assert board.loc[best, "hit_ratio"] > board.loc["vector", "hit_ratio"]
     assert board.loc["vector", "p_value_vs_best"] < 0.01
     assert board.loc["random", "gain_over_random"] == 0.0
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert len(checks) == 9 and all(checks.values()), checks
+    assert len(checks) == 13 and all(checks.values()), checks
+    # the strategies that read the user's history, tuned on validation, beat next_movie on the demo
+    assert board.loc["seq_hybrid", "hit_ratio"] > board.loc["next_movie", "hit_ratio"]
+    assert meta["sequence_tuning"]["validation_pairs"].value == 3000
+    board_meta = meta["strategy_leaderboard"]
+    assert board_meta["leaderboard_chart"].value.startswith("![leaderboard chart](data:image/png;base64,")
+    assert "| seq_hybrid |" in board_meta["hit_ratio_by_history_length"].value
     samples = result.output_for_node("sample_recommendations")
     toy_story_series = samples[(samples.query_movieId == 1) & (samples.strategy == "series")]
     assert toy_story_series.movieId.tolist()[:3] == [201588, 78499, 3114]  # Toy Story 4, 3, 2: newest first

@@ -7,8 +7,8 @@ On a small synthetic data set and a throw-away ``DAGSTER_HOME`` (a copy of the p
 3. in the browser: the global lineage graph shows every asset of the project, every group and one edge per
    dependency; the page of ``eval_transitions`` lists its upstream and downstream assets; the CLI's run is in
    the runs list; the ``evaluation`` group is launched with "Materialize all" through the launchpad, with the
-   small data's settings typed into its config editor; the runs list shows that run succeed, and the asset
-   page shows the typed ``eval_size`` took effect;
+   small data's settings typed into its config editor; the runs list shows that run succeed, the asset
+   page shows the typed ``eval_size`` took effect, and the leaderboard's chart shows as a decoded image;
 4. the webserver's GraphQL endpoint cross-checks what the browser saw.
 
 Screenshots are saved to ``test-artifacts/ui-*.png`` (git-ignored). Skips with a reason where /usr/bin/chromium,
@@ -206,6 +206,14 @@ def test_ui_shows_lineage_and_cli_runs_and_launches_the_evaluation_group(tmp_pat
             return page[at + 1] == str(UI_EVAL_SIZE)
         browser.wait_for(row_count, 30, f"row count {UI_EVAL_SIZE} on the page of eval_transitions")
         browser.screenshot("eval-transitions")
+
+        # -- the leaderboard's chart is a picture the browser decodes ----------------------------------------
+        browser.open("/assets/strategy_leaderboard")
+        browser.click_xpath("//tr[.//*[text()='leaderboard_chart']]//*[contains(text(),'Show Markdown')]", 60,
+                            "the leaderboard chart's Show Markdown")
+        chart = browser.wait_for(lambda: browser.find_all("img[src^='data:image/png']"), 30, "the chart image")[0]
+        assert browser.driver.execute_script("return arguments[0].naturalWidth", chart) > 300
+        browser.screenshot("leaderboard-chart")
 
         # -- GraphQL agrees with what the browser showed -------------------------------------------------------
         run = dev.graphql("""query($id: ID!) { runOrError(runId: $id) { __typename ... on Run {

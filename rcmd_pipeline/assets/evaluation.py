@@ -8,19 +8,24 @@ the samples read every registered strategy's stored results and models.
 # real annotations.
 """
 
+import time
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, AssetIn, AssetKey, Config, MetadataValue, Output, asset
 from pydantic import Field
 
 from rcmd_pipeline import settings
 from rcmd_pipeline.assets import versioning
 from rcmd_pipeline.assets.strategies import hit_ratio_key, model_key, stored_models_loader, study_figures
 from rcmd_pipeline.evaluation import TransitionSettings, build_eval_transitions
+from rcmd_pipeline.evaluation.chart import leaderboard_png, markdown_image
 from rcmd_pipeline.evaluation.report import compare_to_best, leaderboard_markdown, strategy_report
-from rcmd_pipeline.recommenders.registry import REGISTRY, Strategy
+from rcmd_pipeline.evaluation.tuning import choose_sequence_parameters, encode_choice
+from rcmd_pipeline.recommenders.history import HISTORY_BINS, build_queries, history_bin_labels
+from rcmd_pipeline.recommenders.learned import leakage_cutoff
+from rcmd_pipeline.recommenders.registry import REGISTRY, Needs, Strategy
 from rcmd_pipeline.resources.lazy_input import LAZY, LazyValue
 from rcmd_pipeline.resources.local_state import LocalStateDir
 from rcmd_pipeline.resources.vector_store import VectorStore
@@ -98,6 +103,89 @@ def window_popularity(ratings: dict[str, np.ndarray], cutoff: int) -> tuple[pd.S
             int(np.count_nonzero(seen)))
 
 
+class SequenceTuningConfig(Config):
+    """What is not tuned: the cut-off k and SLIST's item set."""
+
+    k: int = Field(default=10, ge=1, description="HitRatio@k chosen for on validation.")
+    slist_min_count: int = Field(default=5, ge=1, description="SLIST learns only movies rated at least this often "
+                                                              "in the training window ...")
+    slist_max_items: int = Field(default=3000, ge=1, description="... and at most this many of them, the most rated "
+                                                                 "(its matrices are dense: 3,000 movies, 36 MB each).")
+
+
+def _evaluation_settings(context: AssetExecutionContext) -> tuple[int, int]:
+    """(min_movie_ratings, eval_size) of the stored evaluation set, from its latest materialization."""
+    event = context.instance.get_latest_materialization_event(AssetKey("eval_transitions"))
+    metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    if "min_movie_ratings" not in metadata or "eval_size" not in metadata:
+        raise ValueError("eval_transitions has no recorded min_movie_ratings/eval_size: materialize it first")
+    return tuple(int(getattr(metadata[key], "value", metadata[key])) for key in ("min_movie_ratings", "eval_size"))
+
+
+def _grid_markdown(table: pd.DataFrame, top: int = 12) -> str:
+    """The best ``top`` settings of one strategy's validation table, best first."""
+    table = table.sort_values("hit_ratio", ascending=False, kind="stable").head(top)
+    columns = [c for c in table.columns if c != "n"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(f"{v:.4f}" if c == "hit_ratio" else str(v) for c, v in zip(columns, row, strict=True))
+              + " |" for row in table[columns].itertuples(index=False)]
+    return "\n".join(lines)
+
+
+@asset(
+    group_name=GROUP,
+    kinds={"python", "numpy"},
+    ins={"movielens_ratings": AssetIn(metadata={"columns": ["userId", "movieId", "timestamp"]},
+                                      input_manager_key=LAZY),
+         "eval_transitions": AssetIn(metadata={"columns": ["timestamp"]}, input_manager_key=LAZY)},
+)
+def sequence_tuning(context: AssetExecutionContext, config: SequenceTuningConfig, local_state: LocalStateDir,
+                    movielens_ratings: LazyValue, eval_transitions: LazyValue) -> Output:
+    """The parameters of the sequence strategies and the blend weights of ``seq_hybrid``, chosen on a
+    validation window; the evaluation window is never used for choosing.
+
+    Validation pairs: the evaluation set's procedure (same ``min_movie_ratings`` and ``eval_size``)
+    on the ratings strictly before the earliest evaluation pair, i.e. the ``eval_size`` most recent
+    pairs before the evaluation window. Every grid setting is fitted on the ratings strictly before
+    the earliest validation pair and scored by validation HitRatio@k; the model assets then refit
+    the chosen values on everything before the evaluation window. Only ratings before the
+    evaluation window are read. Chosen values and validation scores are in the metadata.
+    """
+    settings_ = _evaluation_settings(context)
+    version = versioning.inputs_version(context, config=config, upstream=["movielens_ratings", "eval_transitions"],
+                                        extra=settings_)
+    previous = versioning.unchanged_since(context, version, versioning.value_is_stored(context))
+    if previous is not None:
+        return versioning.kept(context, version, previous)
+    started = time.perf_counter()
+    cutoff = leakage_cutoff(eval_transitions.load())
+
+    def ratings_before_evaluation() -> tuple:
+        """All the choice may read; read inside it, so it can let them go once it has what it needs."""
+        window = movielens_ratings.arrays(["userId", "movieId", "timestamp"], below=("timestamp", cutoff))
+        return window["userId"], window["movieId"], window["timestamp"]
+
+    choice = choose_sequence_parameters(
+        ratings_before_evaluation, cutoff, *settings_, k=config.k,
+        fixed={"slist": {"min_count": config.slist_min_count, "max_items": config.slist_max_items}},
+        log=context.log.info)
+    rows = ["| strategy | validation HitRatio@k | chosen |", "|---|---:|---|"]
+    rows += [f"| {name} | {hr:.4f} | {choice.chosen.get(name, 'its default (not tuned)')} |"
+             for name, hr in sorted(choice.validation_hit_ratio.items(), key=lambda kv: -kv[1])]
+    metadata = {
+        "chosen": MetadataValue.json(choice.chosen),
+        "validation": MetadataValue.md("\n".join(rows)),
+        **{f"grid_{name}": MetadataValue.md(_grid_markdown(table)) for name, table in choice.tables.items()},
+        **{f"validation_hit_ratio_{name}": MetadataValue.float(hr) for name, hr in choice.validation_hit_ratio.items()},
+        "validation_pairs": choice.validation_pairs,
+        "validation_training_cutoff": MetadataValue.timestamp(float(choice.tuning_cutoff)),
+        "evaluation_training_cutoff": MetadataValue.timestamp(float(choice.final_cutoff)),
+        "k": config.k,
+        "seconds": MetadataValue.float(round(time.perf_counter() - started, 2)),
+    }
+    return versioning.computed(encode_choice(choice), version, metadata)
+
+
 def build_leaderboard(registry: Sequence[Strategy] = REGISTRY):
     """``strategy_leaderboard`` over every strategy of ``registry``."""
 
@@ -108,7 +196,8 @@ def build_leaderboard(registry: Sequence[Strategy] = REGISTRY):
             **{hit_ratio_key(s.name): AssetIn(input_manager_key=LAZY) for s in registry},
             "eval_transitions": AssetIn(input_manager_key=LAZY),
             "tmdb_movie_info_kr": AssetIn(input_manager_key=LAZY),
-            "movielens_ratings": AssetIn(metadata={"columns": ["movieId", "timestamp"]}, input_manager_key=LAZY),
+            "movielens_ratings": AssetIn(metadata={"columns": ["userId", "movieId", "timestamp"]},
+                                         input_manager_key=LAZY),
         },
         required_resource_keys={"local_state"},
     )
@@ -116,7 +205,8 @@ def build_leaderboard(registry: Sequence[Strategy] = REGISTRY):
         """Every strategy side by side, best first: HitRatio@k with its 95% (Wilson) interval, NDCG@k,
         MRR@k, catalogue coverage, mean popularity of what is recommended, the gain over random, the
         exact McNemar p-value against the best strategy on the same pairs, the hit ratio split by whether
-        the previous movie is in a series and has an overview, and the study's figure for reference.
+        the previous movie is in a series and has an overview and by how many ratings the user made
+        before (1, 2-5, 6-20, >20), the study's figure for reference, and a chart of the intervals.
 
         Popularity counts only ratings before the earliest evaluation pair, like every learned strategy.
         """
@@ -131,7 +221,8 @@ def build_leaderboard(registry: Sequence[Strategy] = REGISTRY):
         actual = pairs["movieId"].to_numpy()
         prev = pairs["prev_movieId"].to_numpy()
         cutoff = int(pairs["timestamp"].min())
-        popularity, catalog_size = window_popularity(ratings.arrays(["movieId", "timestamp"]), cutoff)
+        ratings = ratings.arrays(["userId", "movieId", "timestamp"])
+        popularity, catalog_size = window_popularity(ratings, cutoff)
         info = details.set_index("movieId")
         flags = {
             "in_series": pd.Series(prev).map(info["collection_id"]).fillna(0).to_numpy() > 0,
@@ -149,8 +240,16 @@ def build_leaderboard(registry: Sequence[Strategy] = REGISTRY):
             cells = [f"{getattr(row, f'hit_ratio_{side}'):.4f} (n={getattr(row, f'n_{side}')})"
                      for side in ("in_series", "not_in_series", "has_overview", "not_has_overview")]
             split.append(f"| {row.strategy} | " + " | ".join(cells) + " |")
+        bins = history_bin_labels(build_queries(pairs, ratings["userId"], ratings["movieId"], ratings["timestamp"],
+                                                max_len=1))
+        del ratings
+        hits = {s["strategy"]: np.asarray(s["hits"], dtype=bool) for s in scores}
+        k = int(board["k"].iloc[0])
         metadata = {
             "leaderboard": MetadataValue.md(leaderboard_markdown(board)),
+            "leaderboard_chart": MetadataValue.md(markdown_image(leaderboard_png(
+                board, f"HitRatio@{k} on {len(pairs):,} evaluation pairs (95% Wilson interval)"), "leaderboard chart")),
+            "hit_ratio_by_history_length": MetadataValue.md(history_split_markdown(board["strategy"], hits, bins)),
             "hit_ratio_by_previous_movie": MetadataValue.md("\n".join(split)),
             "best": str(board.iloc[0]["strategy"]),
             "training_cutoff": MetadataValue.timestamp(float(cutoff)),
@@ -163,6 +262,19 @@ def build_leaderboard(registry: Sequence[Strategy] = REGISTRY):
 
 
     return strategy_leaderboard
+
+
+def history_split_markdown(order, hits: dict, bins: np.ndarray) -> str:
+    """HitRatio per strategy (rows, in ``order``) and history-length bin (columns, with their n)."""
+    labels = [label for _, _, label in HISTORY_BINS]
+    if (bins == "0").any():
+        labels = ["0", *labels]
+    head = " | ".join(f"{label} earlier (n={int((bins == label).sum())})" for label in labels)
+    lines = [f"| strategy | {head} |", "|---" + "|---:" * len(labels) + "|"]
+    for name in order:
+        cells = [f"{hits[name][bins == label].mean():.4f}" if (bins == label).any() else "—" for label in labels]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 class SampleConfig(Config):
@@ -241,5 +353,7 @@ def build_sample_recommendations(registry: Sequence[Strategy] = REGISTRY):
 
 
 def evaluation_assets(registry: Sequence[Strategy] = REGISTRY) -> list:
-    """The evaluation set, the leaderboard and the samples for the strategies of ``registry``."""
-    return [eval_transitions, build_leaderboard(registry), build_sample_recommendations(registry)]
+    """The evaluation set, the leaderboard and the samples for the strategies of ``registry``, and the
+    tuning asset when a strategy needs its choices."""
+    tuning = [sequence_tuning] if any(Needs.TUNED in s.needs for s in registry) else []
+    return [eval_transitions, *tuning, build_leaderboard(registry), build_sample_recommendations(registry)]

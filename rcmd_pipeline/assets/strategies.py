@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 
+import numpy as np
 import pandas as pd
 import pydantic
 from dagster import (
@@ -36,6 +37,8 @@ from rcmd_pipeline import settings
 from rcmd_pipeline.assets import versioning
 from rcmd_pipeline.evaluation import Evaluation, evaluate
 from rcmd_pipeline.evaluation.report import hit_ratio_interval, mrr_at_k, ndcg_at_k
+from rcmd_pipeline.evaluation.tuning import decode_choice
+from rcmd_pipeline.recommenders.history import Queries, build_queries
 from rcmd_pipeline.recommenders.learned import leakage_cutoff, training_window
 from rcmd_pipeline.recommenders.registry import (
     REGISTRY,
@@ -54,6 +57,9 @@ from rcmd_pipeline.resources.local_state import release_memory
 MODEL_GROUP = "evaluation"  # with the evaluation set they learn before: "Materialize all" keeps them consistent
 EVALUATION_GROUP = "evaluation"
 TRAINING_COLUMNS = ["userId", "movieId", "timestamp"]
+TUNING_KEY = "sequence_tuning"
+HISTORY_MAX_LEN = 100_000
+"""Histories are kept whole (up to this many ratings): excluding what the user rated needs all of it."""
 
 
 def model_key(name: str) -> str:
@@ -117,6 +123,8 @@ def build_model_asset(strategy: Strategy, registry: Sequence[Strategy]) -> Asset
     elif Needs.CATALOG_IDS in needs:
         ins["movielens_ratings"] = AssetIn(metadata={"columns": ["movieId"]}, input_manager_key=LAZY)
     deps = [model_key(part) for part in strategy.parts]
+    if Needs.TUNED in needs:
+        ins[TUNING_KEY] = AssetIn(input_manager_key=LAZY)
     if Needs.SERIES in needs:
         deps.append("movie_table")
     resources = {"local_state"} | ({"movie_db"} if Needs.SERIES in needs else set())
@@ -132,7 +140,10 @@ def build_model_asset(strategy: Strategy, registry: Sequence[Strategy]) -> Asset
             return versioning.kept(context, version, previous)
         started = time.perf_counter()
         metadata: dict = {}
-        catalog_ids = training = series_catalog = None
+        catalog_ids = training = series_catalog = tuned = None
+        if Needs.TUNED in needs:
+            tuned = decode_choice(inputs[TUNING_KEY].load())
+            metadata["chosen_on_validation"] = MetadataValue.json(tuned.get(strategy.name, {}))
         if Needs.CATALOG_IDS in needs:
             catalog_ids = pd.unique(inputs["movielens_ratings"].arrays(["movieId"])["movieId"])
         if Needs.TRAINING in needs:
@@ -143,7 +154,7 @@ def build_model_asset(strategy: Strategy, registry: Sequence[Strategy]) -> Asset
         if Needs.SERIES in needs:
             series_catalog = context.resources.movie_db.series_catalog()
         state = strategy.build(BuildInputs(catalog_ids=catalog_ids, training=training,
-                                           series_catalog=series_catalog), params)
+                                           series_catalog=series_catalog, tuned=tuned), params)
         del training
         metadata.update({
             "strategy": strategy.name,
@@ -170,6 +181,8 @@ def build_hit_ratio_asset(strategy: Strategy, registry: Sequence[Strategy]) -> A
     models = [model_key(strategy.name)] + [model_key(part) for part in parts]
     ins = {"eval_transitions": AssetIn(input_manager_key=LAZY),
            **{name: AssetIn(input_manager_key=LAZY) for name in models}}
+    if Needs.HISTORY in needs:
+        ins["movielens_ratings"] = AssetIn(metadata={"columns": TRAINING_COLUMNS}, input_manager_key=LAZY)
     deps = ["movie_vectors"] if Needs.VECTORS in needs else []
     resources = {"local_state"} | ({"vector_store"} if Needs.VECTORS in needs else set())
 
@@ -192,7 +205,10 @@ def build_hit_ratio_asset(strategy: Strategy, registry: Sequence[Strategy]) -> A
                 QueryContext(seed=config.seed, neighbours=neighbours,
                              parts={part: inputs[model_key(part)].load() for part in parts}))
             setup = time.perf_counter() - started
-            score = score_strategy(context, recommender, inputs["eval_transitions"].load(), config.k, setup)
+            pairs = inputs["eval_transitions"].load()
+            queries = query_batch(pairs, inputs["movielens_ratings"].arrays(TRAINING_COLUMNS)) \
+                if Needs.HISTORY in needs else None
+            score = score_strategy(context, recommender, pairs, config.k, setup, queries)
         return versioning.computed(score, version)
 
     study = (f" The study measured {strategy.study_hit_ratio:.4f} on MovieLens 32M."
@@ -205,11 +221,19 @@ def build_hit_ratio_asset(strategy: Strategy, registry: Sequence[Strategy]) -> A
     )(_with_signature(hit_ratio, list(ins), HitRatioConfig))
 
 
+def query_batch(pairs: pd.DataFrame, ratings: dict[str, np.ndarray]) -> Queries:
+    """The evaluation pairs as queries with each user's whole history before the pair's next movie
+    (``ratings``: the stored ratings' columns as arrays)."""
+    return build_queries(pairs, ratings["userId"], ratings["movieId"], ratings["timestamp"], max_len=HISTORY_MAX_LEN)
+
+
 def score_strategy(context: AssetExecutionContext, recommender, pairs: pd.DataFrame, k: int,
-                   setup_seconds: float = 0.0) -> dict:
-    """Evaluate one strategy on the pairs, record its metadata, and return what the leaderboard needs:
-    the per-pair hits (for paired tests) and the recommendations (for NDCG, MRR, coverage, ...)."""
-    result: Evaluation = evaluate(recommender, pairs["prev_movieId"], pairs["movieId"], k, setup_seconds)
+                   setup_seconds: float = 0.0, queries: Queries | None = None) -> dict:
+    """Evaluate one strategy on the pairs (with ``queries``: their histories too), record its metadata,
+    and return what the leaderboard needs: the per-pair hits (for paired tests) and the
+    recommendations (for NDCG, MRR, coverage, ...)."""
+    result: Evaluation = evaluate(recommender, pairs["prev_movieId"], pairs["movieId"], k, setup_seconds,
+                                  queries=queries)
     low, high = hit_ratio_interval(result.hits)
     actual = pairs["movieId"].to_numpy()
     context.add_output_metadata({

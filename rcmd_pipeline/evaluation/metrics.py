@@ -44,8 +44,11 @@ class Evaluation:
 
 
 def evaluate(recommender: Recommender, prev_movie_ids, next_movie_ids, k: int = 10,
-             setup_seconds: float = 0.0) -> Evaluation:
+             setup_seconds: float = 0.0, queries=None) -> Evaluation:
     """Run the strategy once over all pairs (one batch call) and score HitRatio@k.
+
+    With ``queries`` (the pairs with their histories, ``history.Queries``) the strategy answers
+    ``recommend_queries(queries, k)`` instead of ``recommend(prev, k)``.
 
     The time counted is the strategy's ``recommend`` call plus ``setup_seconds`` (what building
     the strategy cost: its database query, its index), so queries/s compares what serving the
@@ -54,7 +57,7 @@ def evaluate(recommender: Recommender, prev_movie_ids, next_movie_ids, k: int = 
     prev = np.asarray(prev_movie_ids, dtype=np.int64)
     actual = np.asarray(next_movie_ids, dtype=np.int64)
     started = time.perf_counter()
-    recs = np.asarray(recommender.recommend(prev, k))
+    recs = np.asarray(recommender.recommend(prev, k) if queries is None else recommender.recommend_queries(queries, k))
     seconds = time.perf_counter() - started + setup_seconds
     if recs.shape != (len(prev), k):
         raise ValueError(

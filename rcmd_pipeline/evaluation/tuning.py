@@ -28,9 +28,14 @@ import pandas as pd
 
 from rcmd_pipeline.evaluation.metrics import hits_at_k
 from rcmd_pipeline.evaluation.transitions import TransitionSettings, build_eval_transitions
-from rcmd_pipeline.recommenders.history import Queries
-from rcmd_pipeline.recommenders.learned import leakage_cutoff
-from rcmd_pipeline.recommenders.sequence import blend_lists
+from rcmd_pipeline.recommenders.history import Queries, build_queries
+from rcmd_pipeline.recommenders.learned import (
+    NextMovieRecommender,
+    PopularityRecommender,
+    leakage_cutoff,
+    training_window,
+)
+from rcmd_pipeline.recommenders.sequence import MODELS, SLIST, PrevOnly, blend_lists, split_params
 
 
 @dataclass(frozen=True)
@@ -129,3 +134,129 @@ def tune_blend(lists: dict[str, np.ndarray], queries: Queries, actual, k: int = 
         if not improved:
             break
     return TuningResult(current, best, pd.DataFrame(rows))
+
+
+# ---------------------------------------------------------------------------- the sequence strategies
+
+QUERY_GRID = {"last_n": [3, 10], "decay": ["harmonic", "linear"], "exclude_seen": [True]}
+"""Scoring parameters tried with every fitted sequence model (no refit). ``exclude_seen`` stays on:
+it won for every model and setting on the real and the demo data (docs/evaluation.md), and each
+value tried doubles the scoring time."""
+SEQUENCE_GRIDS = {
+    "seq_rules": {"max_gap": [3, 10]},
+    "item_knn": {"window": [10], "shrink": [0.0, 20.0]},
+    "slist": {"window": [2, 5], "alpha": [0.25, 1.0], "reg": [10.0, 100.0]},
+}
+"""Fit parameters tried per sequence model: small, around what won on the real and demo data
+(docs/evaluation.md), so the demo's tuning stays a few seconds and 32M a few minutes."""
+BLEND_PARTS = ("next_movie", "seq_rules", "item_knn", "slist")
+
+
+@dataclass(frozen=True)
+class SequenceChoice:
+    """What :func:`choose_sequence_parameters` chose and how every tried setting scored on validation."""
+
+    chosen: dict[str, dict]
+    validation_hit_ratio: dict[str, float]
+    tables: dict[str, pd.DataFrame]
+    validation_pairs: int
+    tuning_cutoff: int
+    final_cutoff: int
+
+
+def _fits(name: str, train: tuple, fit_grid: dict, fixed: dict):
+    """(fit parameters, fitted state) for every point of ``fit_grid``; SLIST's Gram matrices are
+    computed once per window and solved per (alpha, reg)."""
+    if name != "slist":
+        for params in expand_grid(fit_grid):
+            yield params, MODELS[name].fit(*train, **fixed, **params)
+        return
+    points = expand_grid(fit_grid)
+    for window in dict.fromkeys(p["window"] for p in points):
+        grams = SLIST.grams(*train, window=window, **fixed)
+        for params in (p for p in points if p["window"] == window):
+            yield params, SLIST.solve(grams, alpha=params["alpha"], reg=params["reg"])
+        del grams
+
+
+def choose_sequence_parameters(ratings: Callable[[], tuple], final_cutoff: int, min_movie_ratings: int,
+                               eval_size: int, k: int = 10, grids: dict | None = None,
+                               query_grid: dict | None = None, fixed: dict | None = None, depth: int = 50,
+                               max_len: int = 100_000, log: Callable[[str], None] | None = None
+                               ) -> SequenceChoice:
+    """Choose every sequence strategy's parameters and the blend's weights on the validation window.
+
+    ``ratings()`` returns (users, movies, times); only those strictly before ``final_cutoff`` (the
+    earliest evaluation pair) are used, and they are let go once the validation pairs, their queries
+    and the tuning window are built (memory at 32M). Validation pairs: ``build_eval_transitions``
+    over them with the evaluation set's settings; models are fitted strictly before the earliest
+    validation pair; each (fit x query) setting is scored by validation HitRatio@k (ties: the
+    earlier setting); ``tune_blend`` weighs each model's best with ``next_movie``. ``fixed`` holds
+    per-model fit parameters that are not tuned (SLIST's item set). The chosen dicts hold fixed,
+    fit and query parameters, ready for fitting. ``log`` receives a line per step.
+    """
+    say = log or (lambda message: None)
+    grids = SEQUENCE_GRIDS if grids is None else grids
+    query_grid = QUERY_GRID if query_grid is None else query_grid
+    fixed = fixed or {}
+    users, movies, times = (np.asarray(c) for c in ratings())
+    before = times < int(final_cutoff)
+    if not before.all():  # (a caller may have loaded only these already: no copy then)
+        users, movies, times = users[before], movies[before], times[before]
+    del before
+    settings = TransitionSettings(min_movie_ratings=min_movie_ratings, eval_size=eval_size)
+    validation = build_eval_transitions(users, movies, times, settings)
+    tuning_cutoff = leakage_cutoff(validation)
+    queries = build_queries(validation, users, movies, times, max_len)
+    actual = validation["movieId"].to_numpy(np.int64)
+    train = training_window(users, movies, times, tuning_cutoff)
+    del users, movies, times
+    say(f"{len(validation)} validation pairs; models for choosing learn from {len(train[0]):,} ratings")
+
+    # Each part is kept only as its validation lists (depth per query), never as a model.
+    chosen, scores, tables, lists = {}, {}, {}, {}
+    popularity = PopularityRecommender(train[1])
+    next_movie = PrevOnly(NextMovieRecommender(*train, fallback=popularity), "next_movie")
+    lists["next_movie"] = next_movie.recommend_queries(queries, max(depth, k))
+    scores["next_movie"] = float(hits_at_k(lists["next_movie"], actual, k).mean())
+    del next_movie, popularity
+    for name, fit_grid in grids.items():
+        rows, best = [], None
+        for fit_params, state in _fits(name, train, fit_grid, fixed.get(name, {})):
+            for query in expand_grid(query_grid):
+                recs = MODELS[name].from_state(state, **query).recommend_queries(queries, k)
+                hr = float(hits_at_k(recs, actual, k).mean())
+                rows.append({**fit_params, **query, "hit_ratio": hr, "n": len(actual)})
+                if best is None or hr > best[0]:
+                    best = (hr, {**fixed.get(name, {}), **fit_params, **query}, state)
+            del state
+        scores[name], chosen[name], tables[name] = best[0], best[1], pd.DataFrame(rows)
+        _, query = split_params(name, best[1])
+        lists[name] = MODELS[name].from_state(best[2], **query).recommend_queries(queries, max(depth, k))
+        del best
+        say(f"{name}: {chosen[name]} scores {scores[name]:.4f} on validation ({len(rows)} settings)")
+    del train
+    blend = tune_blend({name: lists[name] for name in BLEND_PARTS if name in lists}, queries, actual, k,
+                       exclude_seen=True)
+    chosen["seq_hybrid"], scores["seq_hybrid"], tables["seq_hybrid"] = blend.params, blend.hit_ratio, blend.table
+    say(f"seq_hybrid: weights {blend.params} score {blend.hit_ratio:.4f} on validation")
+    return SequenceChoice(chosen, scores, tables, len(validation), tuning_cutoff, int(final_cutoff))
+
+
+def encode_choice(choice: SequenceChoice) -> dict[str, np.ndarray]:
+    """The chosen parameters and validation hit ratios as named 0-d arrays (a stored ``.npz``)."""
+    out = {f"{name}/{param}": np.array(value) for name, params in choice.chosen.items()
+           for param, value in params.items()}
+    out.update({f"validation_hit_ratio/{name}": np.array(hr) for name, hr in choice.validation_hit_ratio.items()})
+    out["cutoffs"] = np.array([choice.tuning_cutoff, choice.final_cutoff], dtype=np.int64)
+    return out
+
+
+def decode_choice(arrays) -> dict[str, dict]:
+    """``{strategy: {parameter: value}}`` of :func:`encode_choice`'s arrays (plain Python values)."""
+    chosen: dict[str, dict] = {}
+    for key, value in arrays.items():
+        name, _, param = key.partition("/")
+        if param and name != "validation_hit_ratio":
+            chosen.setdefault(name, {})[param] = np.asarray(value).item()
+    return chosen

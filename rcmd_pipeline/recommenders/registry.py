@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 from rcmd_pipeline.recommenders.base import Recommender
 from rcmd_pipeline.recommenders.learned import HybridRecommender, NextMovieRecommender, PopularityRecommender
 from rcmd_pipeline.recommenders.random_baseline import RandomRecommender
+from rcmd_pipeline.recommenders.sequence import PrevOnly, SequenceHybrid, fit_model, load_model
 from rcmd_pipeline.recommenders.series import SeriesRecommender
 from rcmd_pipeline.recommenders.vector import Neighbours, SeriesVectorRecommender, VectorRecommender
 
@@ -43,6 +44,11 @@ class Needs(str, Enum):
     """the series catalogue read from the ``movie`` table (RDBMS)"""
     VECTORS = "vectors"
     """the served vector collection, queried when recommending"""
+    HISTORY = "history"
+    """each query's history (the user's ratings before the pair's next movie): the recommender
+    answers ``recommend_queries(Queries, k)``, see ``history.py``"""
+    TUNED = "tuned"
+    """the parameters ``sequence_tuning`` chose on the validation window"""
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,8 @@ class BuildInputs:
     catalog_ids: np.ndarray | None = None
     training: TrainingWindow | None = None
     series_catalog: pd.DataFrame | None = None
+    tuned: Mapping[str, dict] | None = None
+    """``{strategy: {parameter: value}}`` chosen on the validation window (TUNED)"""
 
 
 @dataclass(frozen=True)
@@ -225,7 +233,63 @@ HYBRID = Strategy(
 )
 
 
-REGISTRY: tuple[Strategy, ...] = (RANDOM, SERIES, VECTOR, SERIES_VECTOR, POPULARITY, NEXT_MOVIE, HYBRID)
+# ---------------------------------------------------------------------------- sequence-aware, tuned
+
+
+def _tuned(inputs: BuildInputs, name: str) -> dict:
+    if not inputs.tuned or name not in inputs.tuned:
+        raise ValueError(f"no parameters chosen for {name!r}: materialize sequence_tuning first")
+    return dict(inputs.tuned[name])
+
+
+def _sequence_strategy(name: str, summary: str) -> Strategy:
+    """A sequence model of ``sequence.py``: fitted on the training window with the parameters chosen
+    on validation (fit and query parameters; the latter are stored in the state)."""
+    def build(inputs: BuildInputs, params: BaseModel) -> State:
+        w = inputs.training
+        return fit_model(name, w.users, w.movies, w.times, _tuned(inputs, name))
+
+    return Strategy(name=name, summary=summary, needs=frozenset({Needs.TRAINING, Needs.TUNED, Needs.HISTORY}),
+                    build=build, load=lambda state, ctx: load_model(name, state))
+
+
+SEQ_RULES = _sequence_strategy(
+    "seq_rules", "sequential rules a -> b weighted 1/gap within a user's sequence, scored from the last "
+                 "movies of the user's history with a decay")
+ITEM_KNN = _sequence_strategy(
+    "item_knn", "item-kNN: cosine of movies rated close together in users' sequences, scored from the last "
+                "movies of the user's history")
+SLIST_STRATEGY = _sequence_strategy(
+    "slist", "SLIST (closed-form linear item-item model of the next movie) on the most rated movies, "
+             "scored from the last movies of the user's history")
+
+
+def _seq_hybrid_state(inputs: BuildInputs, params: BaseModel) -> State:
+    weights = _tuned(inputs, "seq_hybrid")
+    return SequenceHybrid({name: None for name in weights}, weights).state()
+
+
+def _load_seq_hybrid(state: State, ctx: QueryContext) -> SequenceHybrid:
+    parts = ctx.parts
+    members = {"next_movie": PrevOnly(NextMovieRecommender.from_state(
+        parts["next_movie"], fallback=PopularityRecommender.from_state(parts["popularity"])), "next_movie")}
+    members.update({name: load_model(name, parts[name]) for name in ("seq_rules", "item_knn", "slist")})
+    return SequenceHybrid.from_state(state, members)
+
+
+SEQ_HYBRID = Strategy(
+    name="seq_hybrid",
+    summary="a reciprocal-rank blend of next-movie, sequential rules, item-kNN and SLIST, the user's rated "
+            "movies excluded, weights chosen on the validation window",
+    needs=frozenset({Needs.TUNED, Needs.HISTORY}),
+    parts=("next_movie", "seq_rules", "item_knn", "slist"),
+    build=_seq_hybrid_state,
+    load=_load_seq_hybrid,
+)
+
+
+REGISTRY: tuple[Strategy, ...] = (RANDOM, SERIES, VECTOR, SERIES_VECTOR, POPULARITY, NEXT_MOVIE, HYBRID,
+                                  SEQ_RULES, ITEM_KNN, SLIST_STRATEGY, SEQ_HYBRID)
 """Every strategy, in the order the UI and the leaderboard's inputs list them. ``random`` first:
 every other strategy is checked against it."""
 

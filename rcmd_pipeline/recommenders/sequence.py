@@ -102,20 +102,47 @@ def _recent_known(q: Queries, dense_items: np.ndarray, last_n: int) -> tuple[np.
     return row[keep], item[keep], j[keep]
 
 
-def _history_codes(q: Queries, scale: int) -> np.ndarray:
-    """Sorted codes row * scale + movie id of every (query, history movie) and (query, prev)."""
-    row = np.repeat(np.arange(len(q), dtype=np.int64), np.diff(q.offsets))
-    codes = np.concatenate([row * scale + q.items, np.arange(len(q), dtype=np.int64) * scale + q.prev])
-    return np.unique(codes)
+def _history_codes(q: Queries) -> tuple[np.ndarray, int]:
+    """(sorted codes row * scale + movie id of every (query, history movie) and (query, prev), scale).
+
+    Computed once per batch of queries (cached on it): every part and setting scored on the same
+    queries excludes with the same codes.
+    """
+    cached = q.__dict__.get("_history_codes")
+    if cached is None:
+        scale = int(max(q.items.max(initial=0), q.prev.max(initial=0))) + 1
+        row = np.repeat(np.arange(len(q), dtype=np.int64), np.diff(q.offsets))
+        codes = np.concatenate([row * scale + q.items, np.arange(len(q), dtype=np.int64) * scale + q.prev])
+        cached = q.__dict__["_history_codes"] = (np.unique(codes), scale)
+    return cached
 
 
 def _excluded(q: Queries, rows: np.ndarray, ids: np.ndarray, exclude_seen: bool) -> np.ndarray:
     """Per (row, movie id): the query's previous movie, or (exclude_seen) any movie of its history."""
     if not exclude_seen:
         return ids == q.prev[rows]
-    scale = int(max(ids.max(initial=0), q.items.max(initial=0), q.prev.max(initial=0))) + 1
-    codes = _history_codes(q, scale)
-    return np.isin(rows * scale + ids, codes, assume_unique=False)
+    codes, scale = _history_codes(q)
+    inside = (ids >= 0) & (ids < scale)  # an id above every history id is in no history
+    wanted = rows * scale + np.where(inside, ids, 0)
+    at = np.minimum(np.searchsorted(codes, wanted), max(len(codes) - 1, 0))
+    return inside & (codes[at] == wanted) if len(codes) else np.zeros(len(ids), dtype=bool)
+
+
+def _best_per_row(rows: np.ndarray, score: np.ndarray, k: int) -> np.ndarray:
+    """Mask of the candidates that can be among their row's k best: each row's k highest scores
+    (as float32, an order-keeping rounding) and everything tied with the k-th; rows sorted or not."""
+    if len(rows) == 0:
+        return np.zeros(0, dtype=bool)
+    bits = np.maximum(score, 0).astype(np.float32).view(np.int32).astype(np.int64)
+    key = rows << 32
+    key |= 0x7F800000 - bits  # descending score within a row
+    ordered = np.sort(key)
+    start = np.flatnonzero(np.r_[True, (ordered[1:] >> 32) != (ordered[:-1] >> 32)])
+    count = np.diff(np.r_[start, len(ordered)])
+    limit = np.full(int(rows.max()) + 1, np.iinfo(np.int64).max, dtype=np.int64)
+    full = count > k
+    limit[ordered[start[full]] >> 32] = ordered[start[full] + k - 1]
+    return key <= limit[rows]
 
 
 def _popular_order(item_counts: np.ndarray) -> np.ndarray:
@@ -137,7 +164,10 @@ def _finish(q: Queries, k: int, rows: np.ndarray, ids: np.ndarray, score: np.nda
     if len(rows):
         drop = _excluded(q, rows, ids, exclude_seen) | ~(score > 0)
         rows, ids, score, tie = rows[~drop], ids[~drop], score[~drop], tie[~drop]
-        order = np.lexsort((tie, -np.round(score, 10), rows))
+        score = np.round(score, 10)
+        near = _best_per_row(rows, score, k)  # the exact ranking below needs only these
+        rows, ids, score, tie = rows[near], ids[near], score[near], tie[near]
+        order = np.lexsort((tie, -score, rows))
         rows, ids = rows[order], ids[order]
         place = np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")
         take = place < k
@@ -158,7 +188,13 @@ def _fill(out: np.ndarray, counts: np.ndarray, short: np.ndarray, q: Queries, po
     cand = np.broadcast_to(popular_ids[:width], (len(short), width))
     rows = np.repeat(short, width)
     bad = _excluded(q, rows, cand.ravel(), exclude_seen).reshape(len(short), width)
-    bad |= (cand[:, :, None] == out[short][:, None, :]).any(axis=2)
+    listed = out[short]  # already in the row: compared as sorted codes row * scale + id
+    valid = listed != PAD
+    scale = int(max(cand.max(initial=0), listed.max(initial=0))) + 1
+    codes = np.sort(np.nonzero(valid)[0] * scale + listed[valid])
+    wanted = np.arange(len(short), dtype=np.int64)[:, None] * scale + cand
+    at = np.minimum(np.searchsorted(codes, wanted), max(len(codes) - 1, 0))
+    bad |= (codes[at] == wanted) if len(codes) else False
     ordered = np.take_along_axis(cand, np.argsort(bad, axis=1, kind="stable"), axis=1)
     put = np.minimum(k - counts[short], (~bad).sum(axis=1))
     for j in range(k):
@@ -820,15 +856,21 @@ class SLIST:
         np.add.at(vectors, (row, item), decay_weights(j, self.last_n, self.decay).astype(np.float32))
         scores = vectors @ self.matrix if size else vectors
         del vectors
-        # Keep the best few per row before the exact ranking (enough to survive the exclusions).
-        lengths = np.diff(q.offsets)
-        depth = min(size, k + 1 + (int(lengths.max(initial=0)) if self.exclude_seen else 0))
-        if depth == 0:
+        if size == 0 or len(q) == 0 or k == 0:
             return _finish(q, k, _EMPTY, _EMPTY, np.zeros(0), _EMPTY, self.item_ids, self.exclude_seen)
-        top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth] if depth < size else \
-            np.broadcast_to(np.arange(size), (len(q), size))
-        rows = np.repeat(np.arange(len(q), dtype=np.int64), top.shape[1])
-        cand = top.ravel().astype(np.int64)
+        # Excluded movies (prev; with exclude_seen the whole history) score 0, which _finish drops;
+        # then only each row's k best and those tied with its k-th reach the exact ranking.
+        if self.exclude_seen:
+            history_rows = np.repeat(np.arange(len(q), dtype=np.int64), np.diff(q.offsets))
+            known = dense >= 0
+            scores[history_rows[known], dense[known]] = 0.0
+        where = _lookup(self._sorted_ids, q.prev)
+        known = where >= 0
+        scores[np.flatnonzero(known), self._sorter[where[known]]] = 0.0
+        depth = min(size, k)
+        kth = -np.partition(-scores, depth - 1, axis=1)[:, depth - 1]
+        rows, cand = np.nonzero((scores >= kth[:, None]) & (scores > 0))
+        rows, cand = rows.astype(np.int64), cand.astype(np.int64)
         return _finish(q, k, rows, self.item_ids[cand], scores[rows, cand].astype(np.float64), cand,
                        self.item_ids, self.exclude_seen)
 
@@ -918,3 +960,45 @@ class SequenceHybrid:
         lists = {name: part.recommend_queries(q, depth) for name, part in self.parts.items()
                  if self.weights.get(name, 0.0) > 0}
         return blend_lists(q, lists, self.weights, int(k), self.c0, self.exclude_seen)
+
+    def recommend(self, prev_movie_ids, k: int) -> np.ndarray:
+        """The Recommender interface: a history of just the previous movie."""
+        return self.recommend_queries(_single_item_queries(prev_movie_ids), k)
+
+
+# ------------------------------------------------------------------------------------------------ by name
+
+MODELS = {"seq_rules": SequentialRules, "item_knn": ItemKNN, "slist": SLIST}
+"""The sequence models by registry name."""
+FIT_PARAMS = {"seq_rules": ("max_gap", "top_k"), "item_knn": ("window", "shrink", "top_k"),
+              "slist": ("min_count", "max_items", "window", "alpha", "reg")}
+"""The parameters each model's ``fit`` takes; the others (:data:`QUERY_PARAMS`) only change scoring."""
+QUERY_PARAMS = ("last_n", "decay", "exclude_seen")
+
+
+def split_params(name: str, params: dict) -> tuple[dict, dict]:
+    """(fit parameters, query parameters) of ``params`` for model ``name``; anything else is an error."""
+    fit = {k: v for k, v in params.items() if k in FIT_PARAMS[name]}
+    query = {k: v for k, v in params.items() if k in QUERY_PARAMS}
+    unknown = set(params) - set(fit) - set(query)
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {sorted(unknown)} for {name}: expected some of "
+                         f"{[*FIT_PARAMS[name], *QUERY_PARAMS]}")
+    return fit, query
+
+
+def with_query_params(state: dict, query: dict) -> dict[str, np.ndarray]:
+    """A fitted state plus the query parameters, so the stored state answers queries on its own."""
+    return {**state, **{f"query_{k}": np.array(v) for k, v in query.items()}}
+
+
+def fit_model(name: str, users, movies, times, params: dict) -> dict[str, np.ndarray]:
+    """Fit model ``name`` with the fit parameters of ``params``; its query parameters go into the state."""
+    fit, query = split_params(name, params)
+    return with_query_params(MODELS[name].fit(users, movies, times, **fit), query)
+
+
+def load_model(name: str, state: dict):
+    """The recommender of a state from :func:`fit_model` (its query parameters read from it)."""
+    query = {k: np.asarray(state[f"query_{k}"]).item() for k in QUERY_PARAMS if f"query_{k}" in state}
+    return MODELS[name].from_state(state, **query)
