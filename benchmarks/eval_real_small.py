@@ -35,7 +35,11 @@ sys.path.insert(0, str(ROOT))
 
 from rcmd_pipeline.evaluation.metrics import hits_at_k  # noqa: E402
 from rcmd_pipeline.evaluation.report import hit_ratio_interval, mcnemar_exact  # noqa: E402
-from rcmd_pipeline.evaluation.tuning import choose_sequence_parameters, validation_split  # noqa: E402
+from rcmd_pipeline.evaluation.tuning import (  # noqa: E402
+    TUNING_MAX_RATINGS,
+    choose_sequence_parameters,
+    validation_split,
+)
 from rcmd_pipeline.recommenders.history import HISTORY_BINS, build_queries, history_bin_labels  # noqa: E402
 from rcmd_pipeline.recommenders.learned import (  # noqa: E402
     NextMovieRecommender,
@@ -82,7 +86,8 @@ def evaluate(label: str, users, movies, times, min_movie_ratings: int, eval_size
     grids = dict(grids=FULL_GRIDS, query_grid=FULL_QUERY_GRID) if full_grid else {}
     choice = choose_sequence_parameters(lambda: (users, movies, times), split.final_cutoff, min_movie_ratings,
                                         eval_size, K, fixed={"slist": SLIST_ITEMS}, depth=DEPTH, max_len=MAX_LEN,
-                                        log=lambda line: print(f"  [{label}] {line}", flush=True), **grids)
+                                        log=lambda line: print(f"  [{label}] {line}", flush=True),
+                                        max_training_ratings=TUNING_MAX_RATINGS, **grids)
     final_train = training_window(users, movies, times, split.final_cutoff)
     eq = build_queries(split.evaluation, users, movies, times, MAX_LEN)
     e_actual = split.evaluation["movieId"].to_numpy(np.int64)
@@ -266,7 +271,8 @@ def _tune_scale(path: str) -> dict:
               f"peak {peak:,.0f} MB] {line}", flush=True)
 
     choice = choose_sequence_parameters(lambda: load_window(path, cutoff), cutoff, 1000, 3000, K,
-                                        fixed={"slist": SLIST_ITEMS}, depth=DEPTH, max_len=MAX_LEN, log=progress)
+                                        fixed={"slist": SLIST_ITEMS}, depth=DEPTH, max_len=MAX_LEN, log=progress,
+                                        max_training_ratings=TUNING_MAX_RATINGS)  # as the asset does
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     result = {"cutoff": cutoff,
               "tune_wall_seconds": round(wall, 1), "tune_cpu_seconds": round(cpu, 1),

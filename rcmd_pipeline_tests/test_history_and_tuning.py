@@ -15,6 +15,7 @@ from rcmd_pipeline.evaluation.tuning import (
     decode_choice,
     encode_choice,
     expand_grid,
+    most_recent,
     tune,
     tune_blend,
     validation_split,
@@ -305,3 +306,14 @@ def test_the_tuning_asset_chooses_the_same_when_the_evaluation_window_changes(tm
     assert not pairs_a.equals(pairs_b) and pairs_a["timestamp"].min() == pairs_b["timestamp"].min()
     assert chosen_a == chosen_b == decode_choice(tuned_a)
     assert tuned_a.keys() == tuned_b.keys() and all(np.array_equal(tuned_a[k], tuned_b[k]) for k in tuned_a)
+
+
+def test_the_choice_learns_from_at_most_the_most_recent_ratings_asked_for():
+    users = np.array([1, 1, 2, 2, 3, 3])
+    movies = np.array([10, 11, 12, 13, 14, 15])
+    times = np.array([5, 1, 3, 3, 9, 2])
+    window = (users, movies, times)
+    kept = most_recent(window, 3)
+    # the 3 most recent are at 9, 5 and 3; both ratings at 3 (the boundary) stay, order is kept
+    assert [a.tolist() for a in kept] == [[1, 2, 2, 3], [10, 12, 13, 14], [5, 3, 3, 9]]
+    assert most_recent(window, 6) is window and most_recent(window, None) is window

@@ -182,8 +182,8 @@ def _fits(name: str, train: tuple, fit_grid: dict, fixed: dict):
 def choose_sequence_parameters(ratings: Callable[[], tuple], final_cutoff: int, min_movie_ratings: int,
                                eval_size: int, k: int = 10, grids: dict | None = None,
                                query_grid: dict | None = None, fixed: dict | None = None, depth: int = 50,
-                               max_len: int = 100_000, log: Callable[[str], None] | None = None
-                               ) -> SequenceChoice:
+                               max_len: int = 100_000, log: Callable[[str], None] | None = None,
+                               max_training_ratings: int | None = None) -> SequenceChoice:
     """Choose every sequence strategy's parameters and the blend's weights on the validation window.
 
     ``ratings()`` returns (users, movies, times); only those strictly before ``final_cutoff`` (the
@@ -194,6 +194,9 @@ def choose_sequence_parameters(ratings: Callable[[], tuple], final_cutoff: int, 
     earlier setting); ``tune_blend`` weighs each model's best with ``next_movie``. ``fixed`` holds
     per-model fit parameters that are not tuned (SLIST's item set). The chosen dicts hold fixed,
     fit and query parameters, ready for fitting. ``log`` receives a line per step.
+    ``max_training_ratings`` caps what the models for choosing learn from to the most recent ratings
+    before the validation window (ties at the boundary kept), so choosing costs a bounded number of
+    fits at any scale; the chosen values are then refitted on everything by the model assets.
     """
     say = log or (lambda message: None)
     grids = SEQUENCE_GRIDS if grids is None else grids
@@ -209,7 +212,7 @@ def choose_sequence_parameters(ratings: Callable[[], tuple], final_cutoff: int, 
     tuning_cutoff = leakage_cutoff(validation)
     queries = build_queries(validation, users, movies, times, max_len)
     actual = validation["movieId"].to_numpy(np.int64)
-    train = training_window(users, movies, times, tuning_cutoff)
+    train = most_recent(training_window(users, movies, times, tuning_cutoff), max_training_ratings)
     del users, movies, times
     say(f"{len(validation)} validation pairs; models for choosing learn from {len(train[0]):,} ratings")
 
@@ -241,6 +244,21 @@ def choose_sequence_parameters(ratings: Callable[[], tuple], final_cutoff: int, 
     chosen["seq_hybrid"], scores["seq_hybrid"], tables["seq_hybrid"] = blend.params, blend.hit_ratio, blend.table
     say(f"seq_hybrid: weights {blend.params} score {blend.hit_ratio:.4f} on validation")
     return SequenceChoice(chosen, scores, tables, len(validation), tuning_cutoff, int(final_cutoff))
+
+
+TUNING_MAX_RATINGS = 5_000_000
+"""What the models for choosing learn from at most, by default (see :func:`choose_sequence_parameters`)."""
+
+
+def most_recent(window: tuple[np.ndarray, ...], limit: int | None) -> tuple[np.ndarray, ...]:
+    """``(users, movies, times)`` keeping only about the ``limit`` most recent ratings (every rating
+    at the boundary moment too), in the same order; the window itself when it holds no more."""
+    times = window[2]
+    if limit is None or len(times) <= limit:
+        return window
+    boundary = np.partition(times, len(times) - limit)[len(times) - limit]
+    keep = times >= boundary
+    return tuple(column[keep] for column in window)
 
 
 def encode_choice(choice: SequenceChoice) -> dict[str, np.ndarray]:
