@@ -114,7 +114,7 @@ class SequenceTuningConfig(Config):
     max_training_ratings: int = Field(
         default=TUNING_MAX_RATINGS, ge=1,
         description="The models for choosing learn from at most this many of the most recent ratings before the "
-                    "validation window (MovieLens 32M: 5 M of 28 M, so choosing costs about a fifth of the fits; "
+                    "validation window (MovieLens 32M: 2 M of 28 M, so choosing costs a small share of the fits; "
                     "smaller data sets use all of theirs). The model assets refit the chosen values on everything.")
 
 

@@ -246,7 +246,7 @@ def choose_sequence_parameters(ratings: Callable[[], tuple], final_cutoff: int, 
     return SequenceChoice(chosen, scores, tables, len(validation), tuning_cutoff, int(final_cutoff))
 
 
-TUNING_MAX_RATINGS = 5_000_000
+TUNING_MAX_RATINGS = 2_000_000
 """What the models for choosing learn from at most, by default (see :func:`choose_sequence_parameters`)."""
 
 
