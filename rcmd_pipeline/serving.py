@@ -348,8 +348,9 @@ class Recommendations:
         with np.load(path, allow_pickle=False) as arrays:
             return {key: arrays[key] for key in arrays.files}
 
-    def _similar_from_model(self, movie_id: int, k: int, name: str) -> list[dict[str, Any]]:
-        """A registered strategy's picks from its stored model (and its parts'), the movie itself excluded."""
+    def _stored_recommender(self, name: str):
+        """(the registered strategy ``name``'s recommender loaded from its stored model and its parts',
+        that model's state)."""
         strategy = by_name(self.registry)[name]
         parts = {part: self._model_state(part) for part in all_parts(strategy, self.registry)}
         state = self._model_state(name)
@@ -358,21 +359,17 @@ class Recommendations:
             session, _ = self._vectors()
             return session.neighbours(self.collection, ids, n)
 
-        recommender = strategy.recommender(state, QueryContext(seed=self.seed, neighbours=neighbours, parts=parts))
+        return strategy.recommender(state, QueryContext(seed=self.seed, neighbours=neighbours, parts=parts)), state
+
+    def _similar_from_model(self, movie_id: int, k: int, name: str) -> list[dict[str, Any]]:
+        """A registered strategy's picks from its stored model (and its parts'), the movie itself excluded."""
+        recommender, _ = self._stored_recommender(name)
         row = recommender.recommend(np.array([movie_id], dtype=np.int64), k + 1)[0]
         return self._rows([int(i) for i in row if i != PAD and i != movie_id][:k])
 
     def _user_from_model(self, rated: np.ndarray, k: int, name: str) -> list[dict[str, Any]]:
         """A registered strategy's picks for a user whose ratings (oldest first) are ``rated``."""
-        strategy = by_name(self.registry)[name]
-        parts = {part: self._model_state(part) for part in all_parts(strategy, self.registry)}
-        state = self._model_state(name)
-
-        def neighbours(ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-            session, _ = self._vectors()
-            return session.neighbours(self.collection, ids, n)
-
-        recommender = strategy.recommender(state, QueryContext(seed=self.seed, neighbours=neighbours, parts=parts))
+        recommender, state = self._stored_recommender(name)
         seen = set(rated.tolist())
         depth = k + len(seen)  # enough to drop every rated movie and keep k
         if "fill" in state:  # the random fill draws distinct ids: never more than it has
