@@ -39,7 +39,8 @@ from rcmd_pipeline.embeddings import (
     load_embeddings,
 )
 from rcmd_pipeline.resources.embedder import Embedder
-from rcmd_pipeline.resources.local_state import LocalStateDir, release_memory, stored_value_path
+from rcmd_pipeline.lib.memory import release_memory
+from rcmd_pipeline.resources.local_state import LocalStateDir, stored_value_path
 from rcmd_pipeline.resources.vector_store import REBUILD_SHARE, VectorStore
 
 GROUP = "embeddings"
@@ -200,15 +201,16 @@ def movie_vectors(
         release_memory()  # no input is loaded through the io manager here: hand earlier steps' pages back
         embeddings = load_embeddings(local_state.base_dir)
         ids = np.asarray(embeddings["movieId"], dtype=np.int64)
-        payloads = movie_payloads(ids, _details(local_state.base_dir))
+        points = {"vectors": embeddings.pop("vector"), "payloads": movie_payloads(ids, _details(local_state.base_dir))}
+        del embeddings  # its text hashes (21 MB at 32M) are not needed while the index is built
         prepared = time.perf_counter() - started
-        # the vectors are handed over (no other reference here), so the session frees them once the
-        # engine holds its copy, before the index is built
+        # vectors and payloads are handed over (popped: no other reference here), so the session frees
+        # them once the engine holds its copy, before the index is built
         if config.rebuild:
-            stats = {**session.rebuild(collection, ids, embeddings.pop("vector"), payloads, model=model),
+            stats = {**session.rebuild(collection, ids, points.pop("vectors"), points.pop("payloads"), model=model),
                      "action": "rebuilt", "reason": "rebuild requested in the run config", "upserted": len(ids)}
         else:
-            stats = session.sync(collection, ids, embeddings.pop("vector"), payloads, model=model,
+            stats = session.sync(collection, ids, points.pop("vectors"), points.pop("payloads"), model=model,
                                  max_changed_share=config.max_changed_share)
     context.log.info(f"movie_vectors: {stats['action']} generation {stats['generation']} ({stats['reason']})")
     digest = str(stats.get("digest") or version)

@@ -52,7 +52,7 @@ from rcmd_pipeline.recommenders.registry import (
     needs_of,
 )
 from rcmd_pipeline.resources.lazy_input import LAZY, LazyValue
-from rcmd_pipeline.resources.local_state import release_memory
+from rcmd_pipeline.lib.memory import release_memory
 
 MODEL_GROUP = "evaluation"  # with the evaluation set they learn before: "Materialize all" keeps them consistent
 EVALUATION_GROUP = "evaluation"

@@ -12,8 +12,6 @@ metadata, e.g. ``AssetIn(metadata={"columns": ["userId", "movieId", "timestamp"]
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import os
 import pickle
 from collections.abc import Sequence
@@ -26,43 +24,10 @@ import pyarrow.parquet as pq
 from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, OutputContext
 
 from rcmd_pipeline import storage
+from rcmd_pipeline.lib.memory import release_memory
 from rcmd_pipeline.storage import StatePath, atomic_write
 
-__all__ = ["KEEP", "LocalStateDir", "LocalStateIOManager", "atomic_write", "read_arrays", "stored_value_path"]
-
-
-COLLECT_ABOVE_BYTES = 1 << 30
-"""Resident size from which :func:`release_memory` also collects reference cycles: a full
-``gc.collect()`` costs 0.2-1 s once Dagster is imported, which a small run (the demo, the tests)
-paid at every input and output, 90 % of a small graph's run time, for nothing to free."""
-
-
-def _resident_bytes() -> int | None:
-    """This process's resident set size, or None where ``/proc`` does not tell it."""
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def release_memory() -> None:
-    """Hand memory freed by earlier steps back to the operating system.
-
-    With the in-process executor every step of a run shares one process; pandas, Arrow and NumPy
-    free their arrays, but glibc and Arrow's allocator keep freed pages mapped, so a step would
-    start with the previous steps' high-water mark. Trimming both heaps at each step's start and
-    end (and, in a large process, collecting cycles first) keeps a step's peak close to what the
-    step itself needs.
-    """
-    resident = _resident_bytes()
-    if resident is None or resident >= COLLECT_ABOVE_BYTES:
-        gc.collect()
-    pa.default_memory_pool().release_unused()  # Arrow's own allocator (mimalloc) keeps freed pages too
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
-        pass
+__all__ = ["KEEP", "LocalStateDir", "LocalStateIOManager", "atomic_write", "read_arrays", "release_memory", "stored_value_path"]
 
 
 def read_arrays(path: StatePath, columns: Sequence[str], below: tuple[str, int] | None = None) -> dict[str, np.ndarray]:

@@ -34,6 +34,7 @@ from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
 from rcmd_pipeline.lib.arguments import check_k as _check_k
+from rcmd_pipeline.lib.memory import release_memory
 from rcmd_pipeline.lib.env import env_text
 from rcmd_pipeline.lib.secrets import env_value, redact, secret_value
 from rcmd_pipeline.lib.secrets import mask_url as _mask_url
@@ -241,7 +242,7 @@ class _Points:
         self.digest = points_digest(ids, self.hashes, model, int(vectors.shape[1]))
 
     def written(self) -> None:
-        self.vectors = None
+        self.vectors = self.payloads = None
 
 
 def _diff(old_ids: np.ndarray, old_hashes: np.ndarray, ids: np.ndarray, hashes: np.ndarray
@@ -297,7 +298,7 @@ class VectorSession(ABC):
         if len(ids) == 0:
             raise ValueError("rebuild needs at least one point (an empty collection serves nothing)")
         points = _Points(ids, vectors, _payloads(payloads, len(ids)), model)
-        del vectors  # only ``points`` holds them now (see _Points.written)
+        del vectors, payloads  # only ``points`` holds them now (see _Points.written)
         return self._rebuild(collection, points)
 
     def sync(self, collection: str, ids: np.ndarray, vectors: np.ndarray,
@@ -328,7 +329,7 @@ class VectorSession(ABC):
             raise ValueError("sync needs at least one point (an empty collection serves nothing)")
         started = time.perf_counter()
         points = _Points(ids, vectors, _payloads(payloads, len(ids)), model)
-        del vectors  # only ``points`` holds them now (see _Points.written)
+        del vectors, payloads  # only ``points`` holds them now (see _Points.written)
         hashed = time.perf_counter() - started
         stats = self._sync(collection, points, float(max_changed_share))
         return {"upserted": 0, "deleted": 0, **stats, "digest": points.digest, "hash_seconds": hashed,
@@ -1159,6 +1160,18 @@ class _EmbeddedSession(VectorSession):
             points = [q.Point(int(ids[begin + j]), rows[j], payloads[begin + j] or None) for j in range(end - begin)]
             shard.update(q.UpdateOperation.upsert_points(points))
 
+    def _reopened(self, shard: Any, folder: Path) -> Any:
+        """``shard`` flushed, closed and loaded again, with the process's freed memory handed back.
+
+        Closing drops the engine's write mappings of the segment just filled: the index build that
+        follows then maps the written vectors once for reading instead of keeping the write mappings
+        resident too (0.5 GB less peak RSS at 82,702 x 1536; docs/benchmarks.md).
+        """
+        shard.flush()
+        shard.close()
+        release_memory(collect=True)  # what earlier steps of the run left in the heap goes back too
+        return self._load_shard(folder)
+
     def _count(self, shard: Any) -> int:
         return int(shard.count(self._q.CountRequest(exact=True)))
 
@@ -1224,7 +1237,7 @@ class _EmbeddedSession(VectorSession):
             return None
 
     def _rebuild_locked(self, collection, points):
-        ids, payloads, model = points.ids, points.payloads, points.model
+        ids, model = points.ids, points.model
         self._touched.add(collection)
         started = time.perf_counter()
         dimension = int(points.vectors.shape[1])
@@ -1234,8 +1247,9 @@ class _EmbeddedSession(VectorSession):
             shard = self._q.EdgeShard.create(str(folder / _SHARD), self._config(dimension))
             try:
                 t0 = time.perf_counter()
-                self._write_points(shard, ids, points.vectors, payloads)
+                self._write_points(shard, ids, points.vectors, points.payloads)
                 points.written()  # the engine has them now: free ours before it builds the index
+                shard = self._reopened(shard, folder / _SHARD)
                 t1 = time.perf_counter()
                 shard.optimize()  # builds the HNSW index (and the quantised vectors); blocks until done
                 shard.flush()
