@@ -852,10 +852,11 @@ class SLIST:
         where = _lookup(self._sorted_ids, q.items)
         dense = np.where(where >= 0, self._sorter[np.maximum(where, 0)], -1)
         row, item, j = _recent_known(q, dense, self.last_n)
-        vectors = np.zeros((len(q), size), dtype=np.float32)
-        np.add.at(vectors, (row, item), decay_weights(j, self.last_n, self.decay).astype(np.float32))
-        scores = vectors @ self.matrix if size else vectors
-        del vectors
+        # each query weighs at most last_n movies: a sparse product touches only their rows of B
+        weights = sp.csr_matrix((decay_weights(j, self.last_n, self.decay).astype(np.float32), (row, item)),
+                                shape=(len(q), size))
+        scores = np.asarray(weights @ self.matrix, dtype=np.float32) if size else np.zeros((len(q), 0), np.float32)
+        del weights
         if size == 0 or len(q) == 0 or k == 0:
             return _finish(q, k, _EMPTY, _EMPTY, np.zeros(0), _EMPTY, self.item_ids, self.exclude_seen)
         # Excluded movies (prev; with exclude_seen the whole history) score 0, which _finish drops;
