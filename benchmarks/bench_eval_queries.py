@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine import print_machine
+
 REPO = Path(__file__).resolve().parent.parent
 PIECES = ("rebuild", "eval_queries", "load", "leaderboard_old", "leaderboard_new")
 HISTORY_CONSUMERS = 4  # hit_ratio_seq_rules, _item_knn, _slist, _seq_hybrid
@@ -216,6 +218,7 @@ def main() -> None:
     if args.setup:
         _setup(args.data, args.state)
         return
+    machine = print_machine()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     subprocess.run([sys.executable, __file__, "--data", str(args.data), "--state", str(args.state), "--setup"],
                    env=env, check=True)
@@ -234,8 +237,8 @@ def main() -> None:
              + median["leaderboard_new"]["total"])
     summary = {"median": median, "before_seconds": round(before, 2), "after_seconds": round(after, 2),
                "saved_seconds": round(before - after, 2), "load_before": load_before, "load_after": _load(),
-               "runs": runs}
-    print(json.dumps({k: v for k, v in summary.items() if k != "runs"}, indent=1))
+               "machine": machine, "runs": runs}
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("runs", "machine")}, indent=1))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1))
 
