@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from dagster import materialize
 
+from rcmd_pipeline.assets.evaluation import HISTORY_MAX_LEN
 from rcmd_pipeline.definitions import all_assets
 from rcmd_pipeline.evaluation.transitions import TransitionSettings, build_eval_transitions
 from rcmd_pipeline.evaluation.tuning import (
@@ -20,7 +21,13 @@ from rcmd_pipeline.evaluation.tuning import (
     tune_blend,
     validation_split,
 )
-from rcmd_pipeline.recommenders.history import build_queries, history_bin_labels, history_lengths
+from rcmd_pipeline.recommenders.history import (
+    build_queries,
+    history_bin_labels,
+    history_lengths,
+    queries_from_arrays,
+    queries_to_arrays,
+)
 from rcmd_pipeline.recommenders.learned import (
     NextMovieRecommender,
     PopularityRecommender,
@@ -110,7 +117,8 @@ def _strategies(train):
 
 def _all_recs(users, movies, times, pairs, cutoff, k=10):
     train = training_window(users, movies, times, cutoff)
-    q = build_queries(pairs, users, movies, times)
+    # as the hit ratios get them: the queries of eval_queries, through its stored arrays
+    q = queries_from_arrays(queries_to_arrays(build_queries(pairs, users, movies, times, max_len=HISTORY_MAX_LEN)))
     return {name: s.recommend_queries(q, k) for name, s in _strategies(train).items()}
 
 

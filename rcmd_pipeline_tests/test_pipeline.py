@@ -58,6 +58,7 @@ def test_materialize_every_asset_on_the_demo_data_with_the_study_defaults(tmp_pa
                                               "seq_hybrid")]
         + [f"{s.name}_model.npz" for s in REGISTRY]  # every strategy's learned state, as arrays
         + ["sequence_tuning.npz"]  # the values chosen on the validation window
+        + ["eval_queries.npz"]  # the evaluation pairs with their users' histories, built once
     )
     tmdb_meta = meta["tmdb_movie_info_kr"]
     assert tmdb_meta["requested"].value == 303 and tmdb_meta["failed"].value == 0

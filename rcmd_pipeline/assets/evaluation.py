@@ -1,8 +1,9 @@
 """The evaluation set, the leaderboard and sample recommendations.
 
-``eval_transitions`` reproduces the study's "previous movie → next movie" pairs; the per-strategy
-model and hit-ratio assets come from the registry (``assets/strategies.py``); the leaderboard and
-the samples read every registered strategy's stored results and models.
+``eval_transitions`` reproduces the study's "previous movie → next movie" pairs; ``eval_queries``
+stores them once as queries with the users' histories; the per-strategy model and hit-ratio assets
+come from the registry (``assets/strategies.py``); the leaderboard and the samples read every
+registered strategy's stored results and models.
 
 # No `from __future__ import annotations` in asset modules: Dagster reads Config classes from the
 # real annotations.
@@ -13,17 +14,32 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from dagster import AssetExecutionContext, AssetIn, AssetKey, Config, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, Output, asset
 from pydantic import Field
 
 from rcmd_pipeline import settings
 from rcmd_pipeline.assets import versioning
-from rcmd_pipeline.assets.strategies import hit_ratio_key, model_key, stored_models_loader, study_figures
+from rcmd_pipeline.assets.strategies import (
+    QUERIES_KEY,
+    TRAINING_COLUMNS,
+    hit_ratio_key,
+    model_key,
+    stored_models_loader,
+    stored_queries,
+    study_figures,
+)
 from rcmd_pipeline.evaluation import TransitionSettings, build_eval_transitions
 from rcmd_pipeline.evaluation.chart import leaderboard_png, markdown_image
 from rcmd_pipeline.evaluation.report import compare_to_best, leaderboard_markdown, strategy_report
 from rcmd_pipeline.evaluation.tuning import TUNING_MAX_RATINGS, choose_sequence_parameters, encode_choice
-from rcmd_pipeline.recommenders.history import HISTORY_BINS, build_queries, history_bin_labels
+from rcmd_pipeline.recommenders.history import (
+    HISTORY_BINS,
+    Queries,
+    build_queries,
+    history_bin_labels,
+    history_lengths,
+    queries_to_arrays,
+)
 from rcmd_pipeline.recommenders.learned import leakage_cutoff
 from rcmd_pipeline.recommenders.registry import REGISTRY, Needs, Strategy
 from rcmd_pipeline.resources.lazy_input import LAZY, LazyValue
@@ -31,6 +47,10 @@ from rcmd_pipeline.resources.local_state import LocalStateDir
 from rcmd_pipeline.resources.vector_store import VectorStore
 
 GROUP = "evaluation"
+HISTORY_MAX_LEN = 100_000
+"""Histories are kept whole (up to this many ratings): excluding what the user rated needs all of it."""
+SETTINGS_ATTRS = ("min_movie_ratings", "eval_size")
+"""The evaluation set's settings, carried by its frame (``DataFrame.attrs``, stored in its Parquet file)."""
 
 
 class EvalTransitionsConfig(Config):
@@ -57,6 +77,7 @@ def eval_transitions(
     Movies rated fewer than ``min_movie_ratings`` times are dropped; each user's ratings are ordered
     by time (ties by movie id) and paired with the user's previous rating; the ``eval_size`` most
     recent pairs are kept (ties by user id, then movie id), so the set is the same on every run.
+    The two settings travel with the pairs (:func:`evaluation_settings`), for ``sequence_tuning``.
     """
     version = versioning.inputs_version(context, config=config, upstream=["movielens_ratings"])
     previous = versioning.unchanged_since(context, version, versioning.value_is_stored(context))
@@ -70,6 +91,7 @@ def eval_transitions(
         movielens_ratings["timestamp"].to_numpy(),
         settings,
     )
+    pairs.attrs.update(min_movie_ratings=settings.min_movie_ratings, eval_size=settings.eval_size)
     return versioning.computed(pairs, version, {
         "dagster/row_count": len(pairs),
         "pair_count": len(pairs),
@@ -80,6 +102,76 @@ def eval_transitions(
         "min_movie_ratings": settings.min_movie_ratings,
         "eval_size": settings.eval_size,
     }, data_version=versioning.frame_digest(pairs))
+
+
+def evaluation_settings(pairs: pd.DataFrame) -> tuple[int, int]:
+    """(min_movie_ratings, eval_size) the evaluation ``pairs`` were built with (their frame's ``attrs``,
+    kept in the stored Parquet file, so a reader needs no lookup in the instance's event log)."""
+    missing = [key for key in SETTINGS_ATTRS if key not in pairs.attrs]
+    if missing:
+        raise ValueError(f"the stored eval_transitions carries no {missing}: materialize eval_transitions again")
+    return tuple(int(pairs.attrs[key]) for key in SETTINGS_ATTRS)
+
+
+def query_batch(pairs: pd.DataFrame, ratings: dict[str, np.ndarray]) -> Queries:
+    """The evaluation pairs as queries with each user's whole history before the pair's next movie
+    (``ratings``: the stored ratings' columns as arrays)."""
+    return build_queries(pairs, ratings["userId"], ratings["movieId"], ratings["timestamp"], max_len=HISTORY_MAX_LEN)
+
+
+def _bin_key(label: str) -> str:
+    return "pairs_with_history_" + label.replace("-", "_to_").replace(">", "over_")
+
+
+def queries_metadata(queries: Queries) -> dict:
+    """Typed metadata of the stored queries: how many, how long their histories (uncut), per bin."""
+    lengths = history_lengths(queries)
+    bins = history_bin_labels(queries)
+    labels = ["0", *(label for _, _, label in HISTORY_BINS)]
+    rows = ["| earlier ratings | pairs |", "|---|---:|"] + [f"| {label} | {int((bins == label).sum()):,} |"
+                                                         for label in labels]
+    return {
+        "pairs": len(queries),
+        "history_items": len(queries.items),
+        "mean_history_length": MetadataValue.float(round(float(lengths.mean()), 2) if len(lengths) else 0.0),
+        "median_history_length": MetadataValue.float(float(np.median(lengths)) if len(lengths) else 0.0),
+        "max_history_length": int(lengths.max()) if len(lengths) else 0,
+        **{_bin_key(label): int((bins == label).sum()) for label in labels},
+        "history_bins": MetadataValue.md("\n".join(rows)),
+        "max_len": HISTORY_MAX_LEN,
+    }
+
+
+@asset(
+    name=QUERIES_KEY,
+    group_name=GROUP,
+    kinds={"python", "numpy"},
+    ins={"movielens_ratings": AssetIn(metadata={"columns": TRAINING_COLUMNS}, input_manager_key=LAZY),
+         "eval_transitions": AssetIn(input_manager_key=LAZY)},
+)
+def eval_queries(context: AssetExecutionContext, local_state: LocalStateDir, movielens_ratings: LazyValue,
+                 eval_transitions: LazyValue) -> Output:
+    """The evaluation pairs as queries with context, built once per run: each pair's user, moment and
+    previous movie, and the user's whole history before the pair's next movie in the evaluation set's
+    order (time, then movie id; ``recommenders/history.py``). Stored as flat arrays (offsets and
+    movie ids); the hit ratios of the strategies that read histories and the leaderboard's split by
+    history length load them instead of reading the 32 M ratings again.
+    """
+    version = versioning.inputs_version(context, upstream=["movielens_ratings", "eval_transitions"],
+                                        extra={"max_len": HISTORY_MAX_LEN})
+    previous = versioning.unchanged_since(context, version, versioning.value_is_stored(context))
+    if previous is not None:
+        return versioning.kept(context, version, previous)
+    started = time.perf_counter()
+    pairs = eval_transitions.load()
+    queries = query_batch(pairs, movielens_ratings.arrays(TRAINING_COLUMNS))
+    arrays = queries_to_arrays(queries)
+    metadata = {
+        **queries_metadata(queries),
+        "stored_megabytes": MetadataValue.float(round(sum(a.nbytes for a in arrays.values()) / 2**20, 3)),
+        "build_seconds": MetadataValue.float(round(time.perf_counter() - started, 3)),
+    }
+    return versioning.computed(arrays, version, metadata, data_version=versioning.arrays_digest(arrays))
 
 
 def window_popularity(ratings: dict[str, np.ndarray], cutoff: int) -> tuple[pd.Series, int]:
@@ -118,15 +210,6 @@ class SequenceTuningConfig(Config):
                     "smaller data sets use all of theirs). The model assets refit the chosen values on everything.")
 
 
-def _evaluation_settings(context: AssetExecutionContext) -> tuple[int, int]:
-    """(min_movie_ratings, eval_size) of the stored evaluation set, from its latest materialization."""
-    event = context.instance.get_latest_materialization_event(AssetKey("eval_transitions"))
-    metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
-    if "min_movie_ratings" not in metadata or "eval_size" not in metadata:
-        raise ValueError("eval_transitions has no recorded min_movie_ratings/eval_size: materialize it first")
-    return tuple(int(getattr(metadata[key], "value", metadata[key])) for key in ("min_movie_ratings", "eval_size"))
-
-
 def _grid_markdown(table: pd.DataFrame, top: int = 12) -> str:
     """The best ``top`` settings of one strategy's validation table, best first."""
     table = table.sort_values("hit_ratio", ascending=False, kind="stable").head(top)
@@ -156,14 +239,16 @@ def sequence_tuning(context: AssetExecutionContext, config: SequenceTuningConfig
     the chosen values on everything before the evaluation window. Only ratings before the
     evaluation window are read. Chosen values and validation scores are in the metadata.
     """
-    settings_ = _evaluation_settings(context)
+    pairs = eval_transitions.load()  # its timestamps only: small
+    settings_ = evaluation_settings(pairs)
     version = versioning.inputs_version(context, config=config, upstream=["movielens_ratings", "eval_transitions"],
                                         extra=settings_)
     previous = versioning.unchanged_since(context, version, versioning.value_is_stored(context))
     if previous is not None:
         return versioning.kept(context, version, previous)
     started = time.perf_counter()
-    cutoff = leakage_cutoff(eval_transitions.load())
+    cutoff = leakage_cutoff(pairs)
+    del pairs
 
     def ratings_before_evaluation() -> tuple:
         """All the choice may read; read inside it, so it can let them go once it has what it needs."""
@@ -191,6 +276,10 @@ def sequence_tuning(context: AssetExecutionContext, config: SequenceTuningConfig
     return versioning.computed(encode_choice(choice), version, metadata)
 
 
+LEADERBOARD_RATINGS = ["movieId", "timestamp"]
+"""What the leaderboard reads of the ratings: popularity before the evaluation window."""
+
+
 def build_leaderboard(registry: Sequence[Strategy] = REGISTRY):
     """``strategy_leaderboard`` over every strategy of ``registry``."""
 
@@ -200,9 +289,9 @@ def build_leaderboard(registry: Sequence[Strategy] = REGISTRY):
         ins={
             **{hit_ratio_key(s.name): AssetIn(input_manager_key=LAZY) for s in registry},
             "eval_transitions": AssetIn(input_manager_key=LAZY),
+            QUERIES_KEY: AssetIn(input_manager_key=LAZY),
             "tmdb_movie_info_kr": AssetIn(input_manager_key=LAZY),
-            "movielens_ratings": AssetIn(metadata={"columns": ["userId", "movieId", "timestamp"]},
-                                         input_manager_key=LAZY),
+            "movielens_ratings": AssetIn(metadata={"columns": LEADERBOARD_RATINGS}, input_manager_key=LAZY),
         },
         required_resource_keys={"local_state"},
     )
@@ -211,7 +300,8 @@ def build_leaderboard(registry: Sequence[Strategy] = REGISTRY):
         MRR@k, catalogue coverage, mean popularity of what is recommended, the gain over random, the
         exact McNemar p-value against the best strategy on the same pairs, the hit ratio split by whether
         the previous movie is in a series and has an overview and by how many ratings the user made
-        before (1, 2-5, 6-20, >20), the study's figure for reference, and a chart of the intervals.
+        before (1, 2-5, 6-20, >20; from the stored ``eval_queries``), the study's figure for reference,
+        and a chart of the intervals.
 
         Popularity counts only ratings before the earliest evaluation pair, like every learned strategy.
         """
@@ -219,54 +309,69 @@ def build_leaderboard(registry: Sequence[Strategy] = REGISTRY):
         previous = versioning.unchanged_since(context, version, versioning.value_is_stored(context))
         if previous is not None:
             return versioning.kept(context, version, previous)
-        ratings = inputs.pop("movielens_ratings")
-        inputs = {name: value.load() for name, value in inputs.items()}
-        pairs, details = inputs["eval_transitions"], inputs["tmdb_movie_info_kr"]
-        scores = [inputs[hit_ratio_key(s.name)] for s in registry]
-        actual = pairs["movieId"].to_numpy()
-        prev = pairs["prev_movieId"].to_numpy()
+        pairs = inputs["eval_transitions"].load()
+        scores = [inputs[hit_ratio_key(s.name)].load() for s in registry]
         cutoff = int(pairs["timestamp"].min())
-        ratings = ratings.arrays(["userId", "movieId", "timestamp"])
-        popularity, catalog_size = window_popularity(ratings, cutoff)
-        info = details.set_index("movieId")
-        flags = {
-            "in_series": pd.Series(prev).map(info["collection_id"]).fillna(0).to_numpy() > 0,
-            "has_overview": pd.Series(prev).map(info["overview"]).fillna("").to_numpy() != "",
-        }
-        reports = [strategy_report(s["strategy"], s["recommendations"], actual, s["hits"], k=s["k"],
-                                   popularity=popularity, catalog_size=catalog_size, flags=flags) for s in scores]
-        board = compare_to_best(reports, {s["strategy"]: s["hits"] for s in scores})
-        qps = {s["strategy"]: s["queries_per_second"] for s in scores}
-        board["queries_per_second"] = board["strategy"].map(qps)
-        board["study_hit_ratio"] = board["strategy"].map(study_figures(registry))
-        split = ["| strategy | prev in a series | prev in no series | prev with overview | prev without overview |",
-                 "|---|---:|---:|---:|---:|"]
-        for row in board.itertuples():
-            cells = [f"{getattr(row, f'hit_ratio_{side}'):.4f} (n={getattr(row, f'n_{side}')})"
-                     for side in ("in_series", "not_in_series", "has_overview", "not_has_overview")]
-            split.append(f"| {row.strategy} | " + " | ".join(cells) + " |")
-        bins = history_bin_labels(build_queries(pairs, ratings["userId"], ratings["movieId"], ratings["timestamp"],
-                                                max_len=1))
-        del ratings
-        hits = {s["strategy"]: np.asarray(s["hits"], dtype=bool) for s in scores}
-        k = int(board["k"].iloc[0])
-        metadata = {
-            "leaderboard": MetadataValue.md(leaderboard_markdown(board)),
-            "leaderboard_chart": MetadataValue.md(markdown_image(leaderboard_png(
-                board, f"HitRatio@{k} on {len(pairs):,} evaluation pairs (95% Wilson interval)"), "leaderboard chart")),
-            "hit_ratio_by_history_length": MetadataValue.md(history_split_markdown(board["strategy"], hits, bins)),
-            "hit_ratio_by_previous_movie": MetadataValue.md("\n".join(split)),
-            "best": str(board.iloc[0]["strategy"]),
-            "training_cutoff": MetadataValue.timestamp(float(cutoff)),
-            "dagster/row_count": len(board),
-        }
-        # one float per strategy, so the UI plots each across runs
-        metadata.update({f"hit_ratio_{r.strategy}": MetadataValue.float(float(r.hit_ratio))
-                         for r in board.itertuples()})
-        return versioning.computed(board.reset_index(drop=True), version, metadata)
-
+        popularity, catalog_size = window_popularity(inputs["movielens_ratings"].arrays(LEADERBOARD_RATINGS), cutoff)
+        flags = previous_movie_flags(pairs["prev_movieId"].to_numpy(), inputs["tmdb_movie_info_kr"].load())
+        board = leaderboard_table(scores, pairs["movieId"].to_numpy(), popularity, catalog_size, flags, registry)
+        bins = history_bin_labels(stored_queries(inputs[QUERIES_KEY], pairs))
+        return versioning.computed(board.reset_index(drop=True), version,
+                                   leaderboard_metadata(board, scores, bins, len(pairs), cutoff))
 
     return strategy_leaderboard
+
+
+def previous_movie_flags(prev: np.ndarray, details: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per pair: is the previous movie in a series, does it have an overview (the leaderboard's split)."""
+    info = details.set_index("movieId")
+    return {
+        "in_series": pd.Series(prev).map(info["collection_id"]).fillna(0).to_numpy() > 0,
+        "has_overview": pd.Series(prev).map(info["overview"]).fillna("").to_numpy() != "",
+    }
+
+
+def leaderboard_table(scores: list[dict], actual: np.ndarray, popularity: pd.Series, catalog_size: int,
+                      flags: dict[str, np.ndarray], registry: Sequence[Strategy]) -> pd.DataFrame:
+    """One row per scored strategy (``strategy_report``), compared with the best, with its speed and
+    the study's figure."""
+    reports = [strategy_report(s["strategy"], s["recommendations"], actual, s["hits"], k=s["k"],
+                               popularity=popularity, catalog_size=catalog_size, flags=flags) for s in scores]
+    board = compare_to_best(reports, {s["strategy"]: s["hits"] for s in scores})
+    board["queries_per_second"] = board["strategy"].map({s["strategy"]: s["queries_per_second"] for s in scores})
+    board["study_hit_ratio"] = board["strategy"].map(study_figures(registry))
+    return board
+
+
+def previous_movie_split_markdown(board: pd.DataFrame) -> str:
+    """HitRatio per strategy by whether the previous movie is in a series and has an overview."""
+    split = ["| strategy | prev in a series | prev in no series | prev with overview | prev without overview |",
+             "|---|---:|---:|---:|---:|"]
+    for row in board.itertuples():
+        cells = [f"{getattr(row, f'hit_ratio_{side}'):.4f} (n={getattr(row, f'n_{side}')})"
+                 for side in ("in_series", "not_in_series", "has_overview", "not_has_overview")]
+        split.append(f"| {row.strategy} | " + " | ".join(cells) + " |")
+    return "\n".join(split)
+
+
+def leaderboard_metadata(board: pd.DataFrame, scores: list[dict], bins: np.ndarray, pair_count: int,
+                         cutoff: int) -> dict:
+    """The leaderboard's metadata: the table, its chart, the two splits, and one float per strategy."""
+    hits = {s["strategy"]: np.asarray(s["hits"], dtype=bool) for s in scores}
+    k = int(board["k"].iloc[0])
+    metadata = {
+        "leaderboard": MetadataValue.md(leaderboard_markdown(board)),
+        "leaderboard_chart": MetadataValue.md(markdown_image(leaderboard_png(
+            board, f"HitRatio@{k} on {pair_count:,} evaluation pairs (95% Wilson interval)"), "leaderboard chart")),
+        "hit_ratio_by_history_length": MetadataValue.md(history_split_markdown(board["strategy"], hits, bins)),
+        "hit_ratio_by_previous_movie": MetadataValue.md(previous_movie_split_markdown(board)),
+        "best": str(board.iloc[0]["strategy"]),
+        "training_cutoff": MetadataValue.timestamp(float(cutoff)),
+        "dagster/row_count": len(board),
+    }
+    # one float per strategy, so the UI plots each across runs
+    metadata.update({f"hit_ratio_{r.strategy}": MetadataValue.float(float(r.hit_ratio)) for r in board.itertuples()})
+    return metadata
 
 
 def history_split_markdown(order, hits: dict, bins: np.ndarray) -> str:
@@ -324,41 +429,56 @@ def build_sample_recommendations(registry: Sequence[Strategy] = REGISTRY):
         unknown = [int(m) for m in queries if m not in details.index]
         if unknown:
             context.log.warning(f"movies not in the catalogue (their rows show random or popular picks): {unknown}")
-
-        def label(movie_id: int) -> str:
-            if movie_id not in details.index:
-                return f"#{movie_id}"
-            year = str(details.at[movie_id, "release_date"] or "")[:4]
-            return f"{details.at[movie_id, 'title']} ({year})" if year else str(details.at[movie_id, "title"])
-
-        rows = []
+        label = movie_labeller(details)
         with vector_store.open() as session:
             def neighbours(ids, k):
                 return session.neighbours(collection, ids, k)
 
             strategies = stored_models_loader(models, registry, config.seed, neighbours)
-            for name, strategy in strategies.items():
-                picks = strategy.recommend(queries, config.k)
-                for query, row in zip(queries, picks, strict=True):
-                    for rank, movie_id in enumerate(row, start=1):
-                        rows.append({"query_movieId": int(query), "strategy": name, "rank": rank,
-                                     "movieId": int(movie_id), "title": label(int(movie_id)) if movie_id > 0 else ""})
-        frame = pd.DataFrame(rows)
-        metadata = {}
-        names = list(strategies)
-        for query in queries:
-            table = frame[frame["query_movieId"] == query].pivot(index="rank", columns="strategy",
-                                                                 values="title")[names]
-            lines = ["| # | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-            lines += [f"| {rank} | " + " | ".join(str(v).replace("|", "/") for v in table.loc[rank]) + " |"
-                      for rank in table.index]
-            metadata[f"{int(query)} {label(int(query))}"] = MetadataValue.md("\n".join(lines))
-        return versioning.computed(frame, version, metadata)
+            frame = sample_frame(strategies, queries, config.k, label)
+        return versioning.computed(frame, version, sample_tables(frame, queries, list(strategies), label))
     return sample_recommendations
 
 
+def movie_labeller(details: pd.DataFrame):
+    """``movie id -> "Korean title (year)"`` from the details indexed by movie id (``#id`` when unknown)."""
+
+    def label(movie_id: int) -> str:
+        if movie_id not in details.index:
+            return f"#{movie_id}"
+        year = str(details.at[movie_id, "release_date"] or "")[:4]
+        return f"{details.at[movie_id, 'title']} ({year})" if year else str(details.at[movie_id, "title"])
+
+    return label
+
+
+def sample_frame(strategies: dict, queries: np.ndarray, k: int, label) -> pd.DataFrame:
+    """One row per (query movie, strategy, rank): the pick and its label (empty for a padded slot)."""
+    rows = []
+    for name, strategy in strategies.items():
+        picks = strategy.recommend(queries, k)
+        for query, row in zip(queries, picks, strict=True):
+            for rank, movie_id in enumerate(row, start=1):
+                rows.append({"query_movieId": int(query), "strategy": name, "rank": rank,
+                             "movieId": int(movie_id), "title": label(int(movie_id)) if movie_id > 0 else ""})
+    return pd.DataFrame(rows)
+
+
+def sample_tables(frame: pd.DataFrame, queries: np.ndarray, names: list[str], label) -> dict:
+    """A markdown table per query movie: rank by strategy, the picks' labels."""
+    metadata = {}
+    for query in queries:
+        table = frame[frame["query_movieId"] == query].pivot(index="rank", columns="strategy", values="title")[names]
+        lines = ["| # | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        lines += [f"| {rank} | " + " | ".join(str(v).replace("|", "/") for v in table.loc[rank]) + " |"
+                  for rank in table.index]
+        metadata[f"{int(query)} {label(int(query))}"] = MetadataValue.md("\n".join(lines))
+    return metadata
+
+
 def evaluation_assets(registry: Sequence[Strategy] = REGISTRY) -> list:
-    """The evaluation set, the leaderboard and the samples for the strategies of ``registry``, and the
-    tuning asset when a strategy needs its choices."""
+    """The evaluation set and its queries, the leaderboard and the samples for the strategies of
+    ``registry``, and the tuning asset when a strategy needs its choices."""
     tuning = [sequence_tuning] if any(Needs.TUNED in s.needs for s in registry) else []
-    return [eval_transitions, *tuning, build_leaderboard(registry), build_sample_recommendations(registry)]
+    return [eval_transitions, eval_queries, *tuning, build_leaderboard(registry),
+            build_sample_recommendations(registry)]

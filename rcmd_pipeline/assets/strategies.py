@@ -17,7 +17,6 @@ import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 
-import numpy as np
 import pandas as pd
 import pydantic
 from dagster import (
@@ -38,7 +37,7 @@ from rcmd_pipeline.assets import versioning
 from rcmd_pipeline.evaluation import Evaluation, evaluate
 from rcmd_pipeline.evaluation.report import hit_ratio_interval, mrr_at_k, ndcg_at_k
 from rcmd_pipeline.evaluation.tuning import decode_choice
-from rcmd_pipeline.recommenders.history import Queries, build_queries
+from rcmd_pipeline.recommenders.history import Queries, queries_from_arrays, queries_match_pairs
 from rcmd_pipeline.recommenders.learned import leakage_cutoff, training_window
 from rcmd_pipeline.recommenders.registry import (
     REGISTRY,
@@ -58,8 +57,8 @@ MODEL_GROUP = "evaluation"  # with the evaluation set they learn before: "Materi
 EVALUATION_GROUP = "evaluation"
 TRAINING_COLUMNS = ["userId", "movieId", "timestamp"]
 TUNING_KEY = "sequence_tuning"
-HISTORY_MAX_LEN = 100_000
-"""Histories are kept whole (up to this many ratings): excluding what the user rated needs all of it."""
+QUERIES_KEY = "eval_queries"
+"""The evaluation pairs with their users' histories, stored once (``assets/evaluation.py``)."""
 
 
 def model_key(name: str) -> str:
@@ -182,7 +181,7 @@ def build_hit_ratio_asset(strategy: Strategy, registry: Sequence[Strategy]) -> A
     ins = {"eval_transitions": AssetIn(input_manager_key=LAZY),
            **{name: AssetIn(input_manager_key=LAZY) for name in models}}
     if Needs.HISTORY in needs:
-        ins["movielens_ratings"] = AssetIn(metadata={"columns": TRAINING_COLUMNS}, input_manager_key=LAZY)
+        ins[QUERIES_KEY] = AssetIn(input_manager_key=LAZY)
     deps = ["movie_vectors"] if Needs.VECTORS in needs else []
     resources = {"local_state"} | ({"vector_store"} if Needs.VECTORS in needs else set())
 
@@ -206,8 +205,7 @@ def build_hit_ratio_asset(strategy: Strategy, registry: Sequence[Strategy]) -> A
                              parts={part: inputs[model_key(part)].load() for part in parts}))
             setup = time.perf_counter() - started
             pairs = inputs["eval_transitions"].load()
-            queries = query_batch(pairs, inputs["movielens_ratings"].arrays(TRAINING_COLUMNS)) \
-                if Needs.HISTORY in needs else None
+            queries = stored_queries(inputs[QUERIES_KEY], pairs) if Needs.HISTORY in needs else None
             score = score_strategy(context, recommender, pairs, config.k, setup, queries)
         return versioning.computed(score, version)
 
@@ -221,10 +219,14 @@ def build_hit_ratio_asset(strategy: Strategy, registry: Sequence[Strategy]) -> A
     )(_with_signature(hit_ratio, list(ins), HitRatioConfig))
 
 
-def query_batch(pairs: pd.DataFrame, ratings: dict[str, np.ndarray]) -> Queries:
-    """The evaluation pairs as queries with each user's whole history before the pair's next movie
-    (``ratings``: the stored ratings' columns as arrays)."""
-    return build_queries(pairs, ratings["userId"], ratings["movieId"], ratings["timestamp"], max_len=HISTORY_MAX_LEN)
+def stored_queries(stored: LazyValue, pairs: pd.DataFrame) -> Queries:
+    """The stored ``eval_queries`` of ``pairs``; refuses queries built from other evaluation pairs (a
+    run that rebuilt ``eval_transitions`` but not ``eval_queries``)."""
+    queries = queries_from_arrays(stored.load())
+    if not queries_match_pairs(queries, pairs):
+        raise ValueError(f"{QUERIES_KEY} holds the queries of other evaluation pairs than eval_transitions: "
+                         f"materialize {QUERIES_KEY} again")
+    return queries
 
 
 def score_strategy(context: AssetExecutionContext, recommender, pairs: pd.DataFrame, k: int,

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from dagster import AssetExecutionContext, AssetKey, BetaWarning, DataVersion, MaterializeResult, MetadataValue, Output
 from dagster._core.definitions.data_version import extract_data_version_from_entry
 
@@ -156,3 +157,13 @@ def frame_digest(frame) -> str:
 def value_is_stored(context: AssetExecutionContext) -> bool:
     """Whether the running asset's value is still stored (needs the ``local_state`` resource)."""
     return stored_value_path(context.resources.local_state.base_dir, context.asset_key.path) is not None
+
+
+def arrays_digest(arrays) -> str:
+    """A content hash of named NumPy arrays (names, dtypes, shapes and bytes), for a data version."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode() + b"\0")
+        digest.update(array.tobytes())
+    return fingerprint("arrays", digest.hexdigest())

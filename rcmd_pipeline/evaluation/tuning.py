@@ -179,6 +179,55 @@ def _fits(name: str, train: tuple, fit_grid: dict, fixed: dict):
         del grams
 
 
+def _validation_window(ratings: Callable[[], tuple], final_cutoff: int, settings: TransitionSettings, max_len: int,
+                       max_training_ratings: int | None) -> tuple[Queries, np.ndarray, tuple, int]:
+    """(validation queries, their next movies, the tuning window capped to its most recent
+    ``max_training_ratings``, the tuning cutoff) from the ratings strictly before ``final_cutoff``;
+    the ratings are let go when this returns (memory at 32M)."""
+    users, movies, times = (np.asarray(c) for c in ratings())
+    before = times < int(final_cutoff)
+    if not before.all():  # (a caller may have loaded only these already: no copy then)
+        users, movies, times = users[before], movies[before], times[before]
+    del before
+    validation = build_eval_transitions(users, movies, times, settings)
+    tuning_cutoff = leakage_cutoff(validation)
+    queries = build_queries(validation, users, movies, times, max_len)
+    actual = validation["movieId"].to_numpy(np.int64)
+    train = most_recent(training_window(users, movies, times, tuning_cutoff), max_training_ratings)
+    return queries, actual, train, tuning_cutoff
+
+
+def _next_movie_lists(train: tuple, queries: Queries, depth: int) -> np.ndarray:
+    """``next_movie``'s validation lists (default parameters), the blend's first part; the model goes
+    when this returns."""
+    popularity = PopularityRecommender(train[1])
+    return PrevOnly(NextMovieRecommender(*train, fallback=popularity), "next_movie").recommend_queries(queries, depth)
+
+
+@dataclass(frozen=True)
+class _Best:
+    hit_ratio: float
+    params: dict
+    state: object
+    table: pd.DataFrame
+
+
+def _best_setting(name: str, fits, query_grid: dict, queries: Queries, actual: np.ndarray, k: int,
+                  fixed: dict) -> _Best:
+    """Every (fit x query) setting of one model scored by validation HitRatio@k; the best (ties: the
+    earlier setting) with its fitted state, its parameters (fixed, fit and query) and the table of all."""
+    rows, best = [], None
+    for fit_params, state in fits:
+        for query in expand_grid(query_grid):
+            recs = MODELS[name].from_state(state, **query).recommend_queries(queries, k)
+            hr = float(hits_at_k(recs, actual, k).mean())
+            rows.append({**fit_params, **query, "hit_ratio": hr, "n": len(actual)})
+            if best is None or hr > best[0]:
+                best = (hr, {**fixed, **fit_params, **query}, state)
+        del state
+    return _Best(best[0], best[1], best[2], pd.DataFrame(rows))
+
+
 def choose_sequence_parameters(ratings: Callable[[], tuple], final_cutoff: int, min_movie_ratings: int,
                                eval_size: int, k: int = 10, grids: dict | None = None,
                                query_grid: dict | None = None, fixed: dict | None = None, depth: int = 50,
@@ -202,48 +251,29 @@ def choose_sequence_parameters(ratings: Callable[[], tuple], final_cutoff: int, 
     grids = SEQUENCE_GRIDS if grids is None else grids
     query_grid = QUERY_GRID if query_grid is None else query_grid
     fixed = fixed or {}
-    users, movies, times = (np.asarray(c) for c in ratings())
-    before = times < int(final_cutoff)
-    if not before.all():  # (a caller may have loaded only these already: no copy then)
-        users, movies, times = users[before], movies[before], times[before]
-    del before
-    settings = TransitionSettings(min_movie_ratings=min_movie_ratings, eval_size=eval_size)
-    validation = build_eval_transitions(users, movies, times, settings)
-    tuning_cutoff = leakage_cutoff(validation)
-    queries = build_queries(validation, users, movies, times, max_len)
-    actual = validation["movieId"].to_numpy(np.int64)
-    train = most_recent(training_window(users, movies, times, tuning_cutoff), max_training_ratings)
-    del users, movies, times
-    say(f"{len(validation)} validation pairs; models for choosing learn from {len(train[0]):,} ratings")
+    queries, actual, train, tuning_cutoff = _validation_window(
+        ratings, final_cutoff, TransitionSettings(min_movie_ratings=min_movie_ratings, eval_size=eval_size),
+        max_len, max_training_ratings)
+    say(f"{len(actual)} validation pairs; models for choosing learn from {len(train[0]):,} ratings")
 
     # Each part is kept only as its validation lists (depth per query), never as a model.
     chosen, scores, tables, lists = {}, {}, {}, {}
-    popularity = PopularityRecommender(train[1])
-    next_movie = PrevOnly(NextMovieRecommender(*train, fallback=popularity), "next_movie")
-    lists["next_movie"] = next_movie.recommend_queries(queries, max(depth, k))
+    lists["next_movie"] = _next_movie_lists(train, queries, max(depth, k))
     scores["next_movie"] = float(hits_at_k(lists["next_movie"], actual, k).mean())
-    del next_movie, popularity
     for name, fit_grid in grids.items():
-        rows, best = [], None
-        for fit_params, state in _fits(name, train, fit_grid, fixed.get(name, {})):
-            for query in expand_grid(query_grid):
-                recs = MODELS[name].from_state(state, **query).recommend_queries(queries, k)
-                hr = float(hits_at_k(recs, actual, k).mean())
-                rows.append({**fit_params, **query, "hit_ratio": hr, "n": len(actual)})
-                if best is None or hr > best[0]:
-                    best = (hr, {**fixed.get(name, {}), **fit_params, **query}, state)
-            del state
-        scores[name], chosen[name], tables[name] = best[0], best[1], pd.DataFrame(rows)
-        _, query = split_params(name, best[1])
-        lists[name] = MODELS[name].from_state(best[2], **query).recommend_queries(queries, max(depth, k))
+        best = _best_setting(name, _fits(name, train, fit_grid, fixed.get(name, {})), query_grid, queries, actual,
+                             k, fixed.get(name, {}))
+        scores[name], chosen[name], tables[name] = best.hit_ratio, best.params, best.table
+        _, query = split_params(name, best.params)
+        lists[name] = MODELS[name].from_state(best.state, **query).recommend_queries(queries, max(depth, k))
         del best
-        say(f"{name}: {chosen[name]} scores {scores[name]:.4f} on validation ({len(rows)} settings)")
+        say(f"{name}: {chosen[name]} scores {scores[name]:.4f} on validation ({len(tables[name])} settings)")
     del train
     blend = tune_blend({name: lists[name] for name in BLEND_PARTS if name in lists}, queries, actual, k,
                        exclude_seen=True)
     chosen["seq_hybrid"], scores["seq_hybrid"], tables["seq_hybrid"] = blend.params, blend.hit_ratio, blend.table
     say(f"seq_hybrid: weights {blend.params} score {blend.hit_ratio:.4f} on validation")
-    return SequenceChoice(chosen, scores, tables, len(validation), tuning_cutoff, int(final_cutoff))
+    return SequenceChoice(chosen, scores, tables, len(actual), tuning_cutoff, int(final_cutoff))
 
 
 TUNING_MAX_RATINGS = 2_000_000

@@ -97,6 +97,43 @@ def queries_from_histories(histories: list, prev=None, users=None, times=None) -
     )
 
 
+QUERY_ARRAYS = ("prev", "users", "times", "offsets", "items", "n_earlier")
+"""The arrays of a stored batch of queries (:func:`queries_to_arrays`), one per :class:`Queries` field."""
+
+
+def queries_to_arrays(q: Queries) -> dict[str, np.ndarray]:
+    """The queries as named flat arrays, for a stored ``.npz`` (the ``eval_queries`` asset).
+
+    The histories' movie ids (``items``, the only large array: at 32M 2.2 M ids for 3,000 pairs)
+    are stored as int32 when they fit; :func:`queries_from_arrays` gives the same int64 queries back.
+    """
+    items = q.items
+    if len(items) and np.iinfo(np.int32).min <= int(items.min()) and int(items.max()) <= np.iinfo(np.int32).max:
+        items = items.astype(np.int32)
+    return {"prev": q.prev, "users": q.users, "times": q.times, "offsets": q.offsets, "items": items,
+            "n_earlier": history_lengths(q)}
+
+
+def queries_from_arrays(arrays) -> Queries:
+    """The :class:`Queries` of :func:`queries_to_arrays`' arrays (every field int64, as built)."""
+    missing = [name for name in QUERY_ARRAYS if name not in arrays]
+    if missing:
+        raise ValueError(f"stored queries lack the array(s) {missing}; expected {list(QUERY_ARRAYS)}")
+    fields = {name: np.asarray(arrays[name], dtype=np.int64) for name in QUERY_ARRAYS}
+    n = len(fields["prev"])
+    if len(fields["offsets"]) != n + 1 or int(fields["offsets"][-1]) != len(fields["items"]):
+        raise ValueError(f"stored queries are inconsistent: {n} queries, {len(fields['offsets'])} offsets, "
+                         f"{len(fields['items'])} history items")
+    return Queries(**fields)
+
+
+def queries_match_pairs(q: Queries, pairs: pd.DataFrame) -> bool:
+    """Whether ``q`` are the queries of ``pairs`` (same users, previous movies and moments, in order)."""
+    return len(q) == len(pairs) and all(
+        np.array_equal(getattr(q, field), pairs[column].to_numpy(np.int64))
+        for field, column in (("users", "userId"), ("prev", "prev_movieId"), ("times", "timestamp")))
+
+
 def build_queries(pairs: pd.DataFrame, users, movies, times, max_len: int = 200) -> Queries:
     """The queries of evaluation ``pairs`` with each user's history before the pair's next movie.
 
