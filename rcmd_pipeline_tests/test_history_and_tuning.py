@@ -21,12 +21,8 @@ from rcmd_pipeline.evaluation.tuning import (
     validation_split,
 )
 from rcmd_pipeline.recommenders.history import build_queries, history_bin_labels, history_lengths
-from rcmd_pipeline.recommenders.learned import (
-    NextMovieRecommender,
-    PopularityRecommender,
-    leakage_cutoff,
-    training_window,
-)
+from rcmd_pipeline.recommenders.next_movie import NextMovieRecommender
+from rcmd_pipeline.recommenders.popularity import PopularityRecommender
 from rcmd_pipeline.recommenders.sequence import (
     SLIST,
     ItemKNN,
@@ -34,6 +30,7 @@ from rcmd_pipeline.recommenders.sequence import (
     SequenceHybrid,
     SequentialRules,
 )
+from rcmd_pipeline.recommenders.training import leakage_cutoff, training_window
 from rcmd_pipeline_tests.helpers import embedded_resources, small_run_config, write_dataset
 
 

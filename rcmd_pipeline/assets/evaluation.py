@@ -24,8 +24,8 @@ from rcmd_pipeline.evaluation.chart import leaderboard_png, markdown_image
 from rcmd_pipeline.evaluation.report import compare_to_best, leaderboard_markdown, strategy_report
 from rcmd_pipeline.evaluation.tuning import TUNING_MAX_RATINGS, choose_sequence_parameters, encode_choice
 from rcmd_pipeline.recommenders.history import HISTORY_BINS, build_queries, history_bin_labels
-from rcmd_pipeline.recommenders.learned import leakage_cutoff
 from rcmd_pipeline.recommenders.registry import REGISTRY, Needs, Strategy
+from rcmd_pipeline.recommenders.training import leakage_cutoff
 from rcmd_pipeline.resources.lazy_input import LAZY, LazyValue
 from rcmd_pipeline.resources.local_state import LocalStateDir
 from rcmd_pipeline.resources.vector_store import VectorStore

@@ -39,7 +39,6 @@ from rcmd_pipeline.evaluation import Evaluation, evaluate
 from rcmd_pipeline.evaluation.report import hit_ratio_interval, mrr_at_k, ndcg_at_k
 from rcmd_pipeline.evaluation.tuning import decode_choice
 from rcmd_pipeline.recommenders.history import Queries, build_queries
-from rcmd_pipeline.recommenders.learned import leakage_cutoff, training_window
 from rcmd_pipeline.recommenders.registry import (
     REGISTRY,
     BuildInputs,
@@ -51,6 +50,7 @@ from rcmd_pipeline.recommenders.registry import (
     by_name,
     needs_of,
 )
+from rcmd_pipeline.recommenders.training import leakage_cutoff, training_window
 from rcmd_pipeline.resources.lazy_input import LAZY, LazyValue
 from rcmd_pipeline.resources.local_state import release_memory
 

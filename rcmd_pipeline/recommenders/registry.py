@@ -23,7 +23,9 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from rcmd_pipeline.recommenders.base import Recommender
-from rcmd_pipeline.recommenders.learned import HybridRecommender, NextMovieRecommender, PopularityRecommender
+from rcmd_pipeline.recommenders.hybrid import HybridRecommender
+from rcmd_pipeline.recommenders.next_movie import NextMovieRecommender
+from rcmd_pipeline.recommenders.popularity import PopularityRecommender
 from rcmd_pipeline.recommenders.random_baseline import RandomRecommender
 from rcmd_pipeline.recommenders.sequence import PrevOnly, SequenceHybrid, fit_model, load_model
 from rcmd_pipeline.recommenders.series import SeriesRecommender
