@@ -41,17 +41,13 @@ from rcmd_pipeline.evaluation.tuning import (  # noqa: E402
     validation_split,
 )
 from rcmd_pipeline.recommenders.history import HISTORY_BINS, build_queries, history_bin_labels  # noqa: E402
+from rcmd_pipeline.recommenders.item_knn import ItemKNN  # noqa: E402
 from rcmd_pipeline.recommenders.next_movie import NextMovieRecommender  # noqa: E402
 from rcmd_pipeline.recommenders.popularity import PopularityRecommender  # noqa: E402
-from rcmd_pipeline.recommenders.sequence import (  # noqa: E402
-    SLIST,
-    ItemKNN,
-    PrevOnly,
-    SequenceHybrid,
-    SequentialRules,
-    fit_model,
-    load_model,
-)
+from rcmd_pipeline.recommenders.seq_hybrid import PrevOnly, SequenceHybrid  # noqa: E402
+from rcmd_pipeline.recommenders.seq_rules import SequentialRules  # noqa: E402
+from rcmd_pipeline.recommenders.sequence import fit_model, load_model  # noqa: E402
+from rcmd_pipeline.recommenders.slist import SLIST  # noqa: E402
 from rcmd_pipeline.recommenders.training import training_window  # noqa: E402
 
 REAL = ROOT.parent / "shared" / "data" / "real-movies-small" / "ratings_small.csv"

@@ -21,15 +21,12 @@ from rcmd_pipeline.evaluation.tuning import (
     validation_split,
 )
 from rcmd_pipeline.recommenders.history import build_queries, history_bin_labels, history_lengths
+from rcmd_pipeline.recommenders.item_knn import ItemKNN
 from rcmd_pipeline.recommenders.next_movie import NextMovieRecommender
 from rcmd_pipeline.recommenders.popularity import PopularityRecommender
-from rcmd_pipeline.recommenders.sequence import (
-    SLIST,
-    ItemKNN,
-    PrevOnly,
-    SequenceHybrid,
-    SequentialRules,
-)
+from rcmd_pipeline.recommenders.seq_hybrid import PrevOnly, SequenceHybrid
+from rcmd_pipeline.recommenders.seq_rules import SequentialRules
+from rcmd_pipeline.recommenders.slist import SLIST
 from rcmd_pipeline.recommenders.training import leakage_cutoff, training_window
 from rcmd_pipeline_tests.helpers import embedded_resources, small_run_config, write_dataset
 

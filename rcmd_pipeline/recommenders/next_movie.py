@@ -15,7 +15,16 @@ import pandas as pd
 
 from rcmd_pipeline.lib.arguments import check_k
 from rcmd_pipeline.recommenders.base import PAD, Recommender
-from rcmd_pipeline.recommenders.ratings import _EMPTY, _I64_MAX, _chunks, _columns, _counts, _History, _sorted_history
+from rcmd_pipeline.recommenders.ratings import (
+    _EMPTY,
+    _I64_MAX,
+    _chunks,
+    _columns,
+    _counts,
+    _History,
+    _popular_order,
+    _sorted_history,
+)
 
 MAX_WINDOW = 10
 """Largest ``window`` of :class:`NextMovieRecommender`: weights 1/d are counted exactly as integers
@@ -107,7 +116,7 @@ class NextMovieRecommender:
         history = _sorted_history(users, movies, times, compact=True)
         del users, movies, times
         m = len(history.movie_ids)
-        by_rank = np.argsort(-_counts(history.movie, m), kind="stable")  # most rated first, ties by movie id
+        by_rank = _popular_order(_counts(history.movie, m))  # most rated first, ties by movie id
         rank_of = np.empty(m, dtype=np.int64)
         rank_of[by_rank] = np.arange(m)
         self._movie_ids = history.movie_ids  # sorted, for lookups

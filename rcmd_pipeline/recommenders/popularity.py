@@ -7,7 +7,7 @@ import pandas as pd
 
 from rcmd_pipeline.lib.arguments import check_k
 from rcmd_pipeline.recommenders.base import PAD
-from rcmd_pipeline.recommenders.ratings import _dense
+from rcmd_pipeline.recommenders.ratings import _dense, _popular_order
 
 
 class PopularityRecommender:
@@ -27,7 +27,7 @@ class PopularityRecommender:
         movies = np.asarray(movies_in_window, dtype=np.int64).ravel()
         dense, ids = _dense(movies)
         counts = np.bincount(dense, minlength=len(ids))
-        order = np.argsort(-counts, kind="stable")  # most rated first, ties by movie id
+        order = _popular_order(counts)  # most rated first, ties by movie id
         order = order[counts[order] >= min_count]
         self.ranked_ids = ids[order]
         self.ranked_counts = counts[order]

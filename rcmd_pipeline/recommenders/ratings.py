@@ -6,7 +6,8 @@ them. Sorting 28 M rows by three keys with ``np.lexsort`` takes ~20 s on two cor
 (user, time, movie) triple is packed into one int64 key (dense user and movie indexes, time
 offset), the keys are sorted by value (~2 s) and the triple is decoded back from the sorted keys,
 so no permutation is ever materialised. MovieLens 32M needs about 2^63.7 key values: its users are
-split into two blocks of consecutive users, each sorted on its own.
+split into blocks of consecutive users, each sorted on its own. Large arrays are read in chunks of
+:data:`_CHUNK` rows, so no temporary of their length is made.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_DENSE_LOOKUP_LIMIT = 50_000_000  # ids below this are densified with a lookup table, O(n)
+_LOOKUP_LIMIT = 50_000_000  # ids below this are densified with a lookup table, O(n)
 _I64_MAX = 2**63 - 1
 _EMPTY = np.zeros(0, dtype=np.int64)
 _CHUNK = 1 << 22  # rows per piece when a temporary of a large array's length is avoided
@@ -49,32 +50,50 @@ def _ids(values) -> np.ndarray:
     return array if array.dtype in (np.int32, np.int64) else array.astype(np.int64)
 
 
+def _chunks(n: int, factor: int = 1) -> list[slice]:
+    """``slice`` s covering ``range(n)`` in pieces of ``factor`` x :data:`_CHUNK` rows."""
+    size = factor * _CHUNK
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+class _Densifier:
+    """Dense index (0..k-1 in id order, int32) of integer ids, in chunks: a lookup table when ids allow."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        n = len(x)
+        low, high = (int(x.min()), int(x.max())) if n else (0, -1)
+        if low >= 0 and high < _LOOKUP_LIMIT:
+            present = np.zeros(high + 1, dtype=bool)
+            for part in _chunks(n):
+                present[x[part]] = True
+            self.ids = np.flatnonzero(present).astype(np.int64)
+            self._table = np.cumsum(present, dtype=np.int32) - 1 if len(self.ids) else np.zeros(0, np.int32)
+        else:  # negative or huge ids: a sort instead of a table
+            self.ids = np.unique(x).astype(np.int64)
+            self._table = None
+
+    def __call__(self, chunk: np.ndarray) -> np.ndarray:
+        if self._table is not None:
+            return self._table[chunk]
+        return np.searchsorted(self.ids, chunk).astype(np.int32)
+
+    def counts(self, x: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(self.ids), dtype=np.int64)
+        for part in _chunks(len(x)):
+            out += np.bincount(self(x[part]), minlength=len(self.ids))
+        return out
+
 
 def _dense(x: np.ndarray, index: type = np.int64) -> tuple[np.ndarray, np.ndarray]:
     """(index of each value among the sorted distinct values, as ``index``; the sorted distinct values).
 
     Looked up chunk by chunk, so no temporary of the input's length is made (NumPy copies an int32
     index array to int64 before indexing with it: 256 MB at 32 M ratings)."""
-    if len(x) == 0:
-        return _EMPTY.astype(index), _EMPTY
-    low, high = int(x.min()), int(x.max())
-    if low >= 0 and high < _DENSE_LOOKUP_LIMIT:  # a lookup table: O(n), no sort
-        present = np.zeros(high + 1, dtype=bool)
-        for part in _chunks(len(x)):
-            present[x[part]] = True
-        lookup = np.cumsum(present, dtype=index)
-        lookup -= 1
-        out = np.empty(len(x), dtype=index)
-        for part in _chunks(len(x)):
-            out[part] = lookup[x[part]]
-        return out, np.flatnonzero(present).astype(np.int64)
-    uniques, inverse = np.unique(x, return_inverse=True)
-    return inverse.astype(index).ravel(), uniques.astype(np.int64)
-
-
-def _chunks(n: int) -> list[slice]:
-    """``slice`` s covering ``range(n)`` in pieces of :data:`_CHUNK`: the large arrays' temporaries stay small."""
-    return [slice(start, min(start + _CHUNK, n)) for start in range(0, n, _CHUNK)]
+    densifier = _Densifier(x)
+    out = np.empty(len(x), dtype=index)
+    for part in _chunks(len(x)):
+        out[part] = densifier(x[part])
+    return out, densifier.ids
 
 
 def _counts(index: np.ndarray, n: int) -> np.ndarray:
@@ -85,16 +104,21 @@ def _counts(index: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _user_blocks(user: np.ndarray, n_users: int, max_users: int, max_rows: int) -> list[tuple[int, int, int]]:
-    """Consecutive dense-user ranges ``(low, high, rows)``: at most ``max_users`` users each (the int64
-    key range) and, unless one user has more, at most ``max_rows`` ratings (the size of a block's keys)."""
-    ends = np.cumsum(_counts(user, n_users))
+def _popular_order(counts: np.ndarray) -> np.ndarray:
+    """Dense indexes, most rated first, ties by smaller index (= smaller movie id)."""
+    return np.argsort(-np.asarray(counts), kind="stable")
+
+
+def _blocks(sizes: np.ndarray, budget: int, max_items: int) -> list[tuple[int, int]]:
+    """Consecutive ranges ``[low, high)`` of items whose ``sizes`` sum to at most ``budget`` (an item larger
+    than that alone), at most ``max_items`` items each: blocks of users to sort, of movies to pair."""
+    ends = np.cumsum(sizes)
     blocks, low = [], 0
-    while low < n_users:
+    while low < len(sizes):
         before = int(ends[low - 1]) if low else 0
-        high = int(np.searchsorted(ends, before + max_rows, side="right"))
-        high = min(max(high, low + 1), low + max_users, n_users)
-        blocks.append((low, high, int(ends[high - 1]) - before))
+        high = int(np.searchsorted(ends, before + budget, side="right"))
+        high = min(max(high, low + 1), low + max_items, len(sizes))
+        blocks.append((low, high))
         low = high
     return blocks
 
@@ -125,7 +149,9 @@ def _sorted_history(users: np.ndarray, movies: np.ndarray, times: np.ndarray, co
     sorted_user, sorted_movie = np.empty(len(user), dtype=index), np.empty(len(movie), dtype=index)
     sorted_time = None if compact else np.empty_like(times)
     done = 0
-    for low, high, rows in _user_blocks(user, n_users, max(1, _I64_MAX // per_user), _SORT_BLOCK_ROWS):
+    user_counts = _counts(user, n_users)
+    for low, high in _blocks(user_counts, _SORT_BLOCK_ROWS, max(1, _I64_MAX // per_user)):
+        rows = int(user_counts[low:high].sum())
         key = np.empty(rows, dtype=np.int64)
         filled = 0
         for part in _chunks(len(user)):

@@ -27,7 +27,8 @@ from rcmd_pipeline.recommenders.hybrid import HybridRecommender
 from rcmd_pipeline.recommenders.next_movie import NextMovieRecommender
 from rcmd_pipeline.recommenders.popularity import PopularityRecommender
 from rcmd_pipeline.recommenders.random_baseline import RandomRecommender
-from rcmd_pipeline.recommenders.sequence import PrevOnly, SequenceHybrid, fit_model, load_model
+from rcmd_pipeline.recommenders.seq_hybrid import PrevOnly, SequenceHybrid
+from rcmd_pipeline.recommenders.sequence import fit_model, load_model
 from rcmd_pipeline.recommenders.series import SeriesRecommender
 from rcmd_pipeline.recommenders.vector import Neighbours, SeriesVectorRecommender, VectorRecommender
 
