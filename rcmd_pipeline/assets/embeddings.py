@@ -30,7 +30,7 @@ from rcmd_pipeline.assets.versioning import (
     kept_result,
     unchanged_since,
 )
-from rcmd_pipeline.embeddings import (
+from rcmd_pipeline.embedding_cache import (
     EmbeddingCache,
     content_version,
     embed_with_cache,
