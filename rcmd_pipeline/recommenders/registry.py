@@ -246,7 +246,7 @@ def _tuned(inputs: BuildInputs, name: str) -> dict:
 
 
 def _sequence_strategy(name: str, summary: str) -> Strategy:
-    """A sequence model of ``sequence.py``: fitted on the training window with the parameters chosen
+    """A sequence model (``sequence.MODELS``): fitted on the training window with the parameters chosen
     on validation (fit and query parameters; the latter are stored in the state)."""
     def build(inputs: BuildInputs, params: BaseModel) -> State:
         w = inputs.training
