@@ -17,14 +17,7 @@ import scipy.sparse as sp
 
 from rcmd_pipeline.recommenders.history import Queries
 from rcmd_pipeline.recommenders.ratings import _EMPTY, _blocks, _popular_order
-from rcmd_pipeline.recommenders.sequence_scoring import (
-    _check_query_params,
-    _finish,
-    _lookup,
-    _recent_known,
-    _single_item_queries,
-    decay_weights,
-)
+from rcmd_pipeline.recommenders.sequence_scoring import _finish, _HistoryModel, _lookup, _recent_known, decay_weights
 from rcmd_pipeline.recommenders.user_sequences import _PAD, _SORT_ROWS, _Sequences, _sequences
 
 _BLOCK_CODES = 6_000_000  # pair instances per block of source movies
@@ -260,29 +253,23 @@ def _neighbour_state(seq: _Sequences, kept: list[tuple[np.ndarray, ...]]) -> dic
     }
 
 
-class _NeighbourModel:
+class _NeighbourModel(_HistoryModel):
     """Scoring shared by the sparse item -> item models (state: CSR rows of targets per source)."""
 
     name = "neighbours"
 
     def __init__(self, state: dict, last_n: int = 5, decay: str = "harmonic", exclude_seen: bool = False) -> None:
-        _check_query_params(last_n, decay)
+        self._set_query_params(state, last_n, decay, exclude_seen)
         self.item_ids = np.asarray(state["item_ids"], dtype=np.int64)
         self.item_counts = np.asarray(state["item_counts"], dtype=np.int64)
         m = len(self.item_ids)
         self.matrix = sp.csr_matrix(
             (np.asarray(state["weights"], dtype=np.float64), np.asarray(state["indices"], dtype=np.int64),
              np.asarray(state["indptr"], dtype=np.int64)), shape=(m, m))
-        self.last_n, self.decay, self.exclude_seen = int(last_n), decay, bool(exclude_seen)
-        self.last_time = int(np.asarray(state["last_time"]))
         self._rank_of = np.empty(m, dtype=np.int64)
         order = _popular_order(self.item_counts)
         self._rank_of[order] = np.arange(m)
         self._popular_ids = self.item_ids[order]
-
-    @classmethod
-    def from_state(cls, state: dict, **params):
-        return cls(state, **params)
 
     def scores(self, q: Queries) -> sp.csr_matrix:
         """(queries x model movies) sparse scores sum_j decay(j) W[a_j, :]."""
@@ -299,7 +286,3 @@ class _NeighbourModel:
         cand = s.indices.astype(np.int64)
         return _finish(q, int(k), rows, self.item_ids[cand], s.data, self._rank_of[cand], self._popular_ids,
                        self.exclude_seen)
-
-    def recommend(self, prev_movie_ids, k: int) -> np.ndarray:
-        """The Recommender interface: a history of just the previous movie."""
-        return self.recommend_queries(_single_item_queries(prev_movie_ids), k)

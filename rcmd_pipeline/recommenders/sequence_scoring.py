@@ -163,3 +163,21 @@ def _single_item_queries(prev_movie_ids) -> Queries:
     n = len(prev)
     return Queries(prev=prev, users=np.zeros(n, dtype=np.int64), times=np.zeros(n, dtype=np.int64),
                    offsets=np.arange(n + 1, dtype=np.int64), items=prev.copy(), n_earlier=np.ones(n, np.int64))
+
+
+class _HistoryModel:
+    """What the sequence models (SR, item-kNN, SLIST) share: the query parameters, rebuilding from a
+    state, and the Recommender interface (a history of just the previous movie)."""
+
+    def _set_query_params(self, state: dict, last_n: int, decay: str, exclude_seen: bool) -> None:
+        _check_query_params(last_n, decay)
+        self.last_n, self.decay, self.exclude_seen = int(last_n), decay, bool(exclude_seen)
+        self.last_time = int(np.asarray(state["last_time"]))
+
+    @classmethod
+    def from_state(cls, state: dict, **params):
+        return cls(state, **params)
+
+    def recommend(self, prev_movie_ids, k: int) -> np.ndarray:
+        """The Recommender interface: a history of just the previous movie."""
+        return self.recommend_queries(_single_item_queries(prev_movie_ids), k)

@@ -10,14 +10,7 @@ import numpy as np
 
 from rcmd_pipeline.recommenders.history import Queries
 from rcmd_pipeline.recommenders.ratings import _EMPTY, _chunks
-from rcmd_pipeline.recommenders.sequence_scoring import (
-    _check_query_params,
-    _finish,
-    _lookup,
-    _recent_known,
-    _single_item_queries,
-    decay_weights,
-)
+from rcmd_pipeline.recommenders.sequence_scoring import _finish, _HistoryModel, _lookup, _recent_known, decay_weights
 from rcmd_pipeline.recommenders.user_sequences import _SORT_ROWS, _Sequences, _sequences
 
 
@@ -68,7 +61,7 @@ def _offset_counts(x: np.ndarray, u: np.ndarray, size: int, span: int, a: int, b
     return acc
 
 
-class SLIST:
+class SLIST(_HistoryModel):
     """SLIST (Choi et al., WWW 2021): a linear item -> item model, one matrix inverse.
 
     Items: the movies rated at least ``min_count`` times in the training window, at most
@@ -189,18 +182,12 @@ class SLIST:
                 "last_time": head["last_time"]}
 
     def __init__(self, state: dict, last_n: int = 5, decay: str = "harmonic", exclude_seen: bool = False) -> None:
-        _check_query_params(last_n, decay)
+        self._set_query_params(state, last_n, decay, exclude_seen)
         ids = np.asarray(state["item_ids"], dtype=np.int64)  # most rated first
         self._sorter = np.argsort(ids, kind="stable")
         self._sorted_ids = ids[self._sorter]
         self.item_ids = ids
         self.matrix = np.asarray(state["matrix"], dtype=np.float32)
-        self.last_n, self.decay, self.exclude_seen = int(last_n), decay, bool(exclude_seen)
-        self.last_time = int(np.asarray(state["last_time"]))
-
-    @classmethod
-    def from_state(cls, state: dict, **params):
-        return cls(state, **params)
 
     def recommend_queries(self, q: Queries, k: int) -> np.ndarray:
         k = int(k)
@@ -229,6 +216,3 @@ class SLIST:
         rows, cand = rows.astype(np.int64), cand.astype(np.int64)
         return _finish(q, k, rows, self.item_ids[cand], scores[rows, cand].astype(np.float64), cand,
                        self.item_ids, self.exclude_seen)
-
-    def recommend(self, prev_movie_ids, k: int) -> np.ndarray:
-        return self.recommend_queries(_single_item_queries(prev_movie_ids), k)
