@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from rcmd_pipeline.lib.arguments import check_k
-from rcmd_pipeline.recommenders.base import PAD, Recommender
+from rcmd_pipeline.recommenders.base import PAD, Recommender, append_usable
 from rcmd_pipeline.recommenders.ratings import (
     _EMPTY,
     _I64_MAX,
@@ -310,7 +310,6 @@ def _append_distinct(out: np.ndarray, counts: np.ndarray, rows: np.ndarray, extr
     """Append to ``out[rows]`` (after ``counts[rows]`` picks) the ids of ``extra`` (same rows, in
     order) that are not PAD, not the previous movie, not already in the row and not repeated.
     ``out`` and ``counts`` are updated in place."""
-    k = out.shape[1]
     if extra.ndim != 2 or extra.shape[0] != len(rows):
         raise ValueError(f"fallback returned shape {extra.shape}, expected ({len(rows)}, k)")
     width = extra.shape[1]
@@ -320,9 +319,4 @@ def _append_distinct(out: np.ndarray, counts: np.ndarray, rows: np.ndarray, extr
     bad = (extra == PAD) | (extra == prev[:, None]) | (extra[:, :, None] == have[:, None, :]).any(axis=2)
     earlier = np.tril(np.ones((width, width), dtype=bool), -1)  # [j, i]: i listed before j
     bad |= ((extra[:, :, None] == extra[:, None, :]) & earlier).any(axis=2)
-    ordered = np.take_along_axis(extra, np.argsort(bad, axis=1, kind="stable"), axis=1)
-    put = np.minimum(k - counts[rows], (~bad).sum(axis=1))
-    for j in range(min(k, width)):
-        sel = j < put
-        out[rows[sel], counts[rows[sel]] + j] = ordered[sel, j]
-    counts[rows] += put
+    append_usable(out, counts, rows, extra, bad)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rcmd_pipeline.recommenders.base import PAD
+from rcmd_pipeline.recommenders.base import PAD, append_usable
 from rcmd_pipeline.recommenders.history import Queries
 
 DECAYS = ("harmonic", "linear", "flat")
@@ -148,14 +148,7 @@ def _fill(out: np.ndarray, counts: np.ndarray, short: np.ndarray, q: Queries, po
     wanted = np.arange(len(short), dtype=np.int64)[:, None] * scale + cand
     at = np.minimum(np.searchsorted(codes, wanted), max(len(codes) - 1, 0))
     bad |= (codes[at] == wanted) if len(codes) else False
-    ordered = np.take_along_axis(cand, np.argsort(bad, axis=1, kind="stable"), axis=1)
-    put = np.minimum(k - counts[short], (~bad).sum(axis=1))
-    for j in range(k):
-        sel = j < put
-        if not sel.any():
-            break
-        out[short[sel], counts[short[sel]] + j] = ordered[sel, j]
-    counts[short] += put
+    append_usable(out, counts, short, cand, bad)
 
 
 def _single_item_queries(prev_movie_ids) -> Queries:
