@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -50,11 +51,10 @@ class HybridRecommender:
         prev = np.asarray(prev_movie_ids, dtype=np.int64).ravel()
         k = check_k(k, minimum=0)  # a strategy may be asked for no movies at all
         n = len(prev)
-        out = np.full((n, k), PAD, dtype=np.int64)
         if n == 0 or k == 0:
-            return out
+            return np.full((n, k), PAD, dtype=np.int64)
         depth = max(self.depth, k)
-        ids, scores = [], []
+        lists, weights = [], []
         for rec, weight in self.components:
             if weight == 0:
                 continue
@@ -62,35 +62,40 @@ class HybridRecommender:
             if rows.ndim != 2 or rows.shape[0] != n:
                 raise ValueError(f"component {getattr(rec, 'name', rec)!r} returned shape {rows.shape}, "
                                  f"expected ({n}, {depth})")
-            ids.append(rows)
-            scores.append(np.broadcast_to(weight / (np.arange(1, rows.shape[1] + 1) + self.c0), rows.shape))
-        cand = np.concatenate(ids, axis=1)
-        score = np.concatenate(scores, axis=1)
-        width = cand.shape[1]
-        if width == 0:
-            return out
-        invalid = (cand == PAD) | (cand == prev[:, None])
-        sentinel = np.iinfo(np.int64).max
-        cand = np.where(invalid, sentinel, cand)
+            lists.append(rows)
+            weights.append(weight)
+        return blend_ranked(lists, weights, n, k, self.c0, lambda rows, ids: ids == prev[rows])
 
-        # Group equal movies of a row: sort each row by id (stable, so a run starts at the movie's
-        # first listing), then sum the scores of each run.
-        order = np.argsort(cand, axis=1, kind="stable")
-        item = np.take_along_axis(cand, order, axis=1).ravel()
-        score = np.take_along_axis(score, order, axis=1).ravel()
-        first = order.ravel()
-        row = np.repeat(np.arange(n), width)
-        new_run = np.ones((n, width), dtype=bool)
-        new_run[:, 1:] = item.reshape(n, width)[:, 1:] != item.reshape(n, width)[:, :-1]
-        starts = np.flatnonzero(new_run.ravel())
-        total = np.add.reduceat(score, starts)
-        item, first, row = item[starts], first[starts], row[starts]
-        ok = item != sentinel
-        item, first, row, total = item[ok], first[ok], row[ok], total[ok]
 
-        ranked = np.lexsort((first, -np.round(total, 12), row))
-        item, row = item[ranked], row[ranked]
-        place = np.arange(len(row)) - np.searchsorted(row, row)  # position within its row
-        take = place < k
-        out[row[take], place[take]] = item[take]
+def blend_ranked(lists: Sequence[np.ndarray], weights: Sequence[float], n: int, k: int, c0: float,
+                 excluded: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """Reciprocal-rank fusion of ranked id lists, one ``(n, width)`` array per part: a movie at rank r
+    (1-based) of a part of weight w scores ``w / (r + c0)``, scores add over the parts that list it,
+    and the k best per row win. Equal scores (to 12 decimals) go to the movie listed first, parts in
+    the given order. :data:`PAD` and the (row, id) pairs ``excluded(rows, ids)`` marks are never picked."""
+    out = np.full((n, k), PAD, dtype=np.int64)
+    if n == 0 or k == 0 or not lists:
         return out
+    cand = np.concatenate([np.asarray(ids, dtype=np.int64) for ids in lists], axis=1)
+    score = np.concatenate([np.broadcast_to(w / (np.arange(1, ids.shape[1] + 1) + c0), ids.shape)
+                            for ids, w in zip(lists, weights, strict=True)], axis=1)
+    width = cand.shape[1]
+    rows = np.repeat(np.arange(n, dtype=np.int64), width)
+    flat, score, first = cand.ravel(), score.ravel(), np.tile(np.arange(width), n)
+    ok = flat != PAD
+    ok[ok] = ~excluded(rows[ok], flat[ok])
+    rows, flat, score, first = rows[ok], flat[ok], score[ok], first[ok]
+    # each movie of a row once: its scores summed in listing order, its first listing kept for ties
+    order = np.lexsort((first, flat, rows))
+    rows, flat, score, first = rows[order], flat[order], score[order], first[order]
+    if len(rows) == 0:
+        return out
+    start = np.flatnonzero(np.r_[True, (rows[1:] != rows[:-1]) | (flat[1:] != flat[:-1])])
+    total = np.add.reduceat(score, start)
+    rows, flat, first = rows[start], flat[start], first[start]
+    ranked = np.lexsort((first, -np.round(total, 12), rows))
+    rows, flat = rows[ranked], flat[ranked]
+    place = np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")
+    take = place < k
+    out[rows[take], place[take]] = flat[take]
+    return out

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from rcmd_pipeline.recommenders.base import PAD
 from rcmd_pipeline.recommenders.history import Queries
-from rcmd_pipeline.recommenders.ratings import _EMPTY
+from rcmd_pipeline.recommenders.hybrid import blend_ranked
 from rcmd_pipeline.recommenders.sequence_scoring import _excluded, _single_item_queries
 
 
@@ -24,38 +23,11 @@ class PrevOnly:
 
 def blend_lists(q: Queries, lists: dict[str, np.ndarray], weights: dict[str, float], k: int, c0: float = 10.0,
                 exclude_seen: bool = True) -> np.ndarray:
-    """Reciprocal-rank blend: a movie at rank r (1-based) of part c scores weight_c / (r + c0).
-
-    Scores add over parts; the k best per row win (ties: listed first, parts in the given order).
-    The previous movie, PAD and (with ``exclude_seen``) history movies are never picked.
-    """
-    n = len(q)
-    out = np.full((n, k), PAD, dtype=np.int64)
+    """Reciprocal-rank blend (:func:`~rcmd_pipeline.recommenders.hybrid.blend_ranked`) of the parts with a
+    weight above 0: the previous movie, PAD and (with ``exclude_seen``) history movies are never picked."""
     names = [name for name in lists if weights.get(name, 0.0) > 0]
-    if n == 0 or k == 0 or not names:
-        return out
-    cand = np.concatenate([np.asarray(lists[name], dtype=np.int64) for name in names], axis=1)
-    score = np.concatenate([np.broadcast_to(weights[name] / (np.arange(1, lists[name].shape[1] + 1) + c0),
-                                            lists[name].shape) for name in names], axis=1)
-    width = cand.shape[1]
-    rows = np.repeat(np.arange(n, dtype=np.int64), width)
-    flat, score, first = cand.ravel(), score.ravel(), np.tile(np.arange(width), n)
-    ok = flat != PAD
-    ok[ok] = ~_excluded(q, rows[ok], flat[ok], exclude_seen)
-    rows, flat, score, first = rows[ok], flat[ok], score[ok], first[ok]
-    order = np.lexsort((first, flat, rows))
-    rows, flat, score, first = rows[order], flat[order], score[order], first[order]
-    start = np.flatnonzero(np.r_[True, (rows[1:] != rows[:-1]) | (flat[1:] != flat[:-1])]) if len(rows) else _EMPTY
-    if len(start) == 0:
-        return out
-    total = np.add.reduceat(score, start)
-    rows, flat, first = rows[start], flat[start], first[start]
-    ranked = np.lexsort((first, -np.round(total, 12), rows))
-    rows, flat = rows[ranked], flat[ranked]
-    place = np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")
-    take = place < k
-    out[rows[take], place[take]] = flat[take]
-    return out
+    return blend_ranked([lists[name] for name in names], [weights[name] for name in names], len(q), k, c0,
+                        lambda rows, ids: _excluded(q, rows, ids, exclude_seen))
 
 
 class SequenceHybrid:
