@@ -1,5 +1,6 @@
-"""Ratings as arrays for the learned strategies: checked columns, dense indexes, chunked counts, and
-every user's ratings in (time, movie id) order.
+"""Ratings as arrays for every learned strategy: checked columns, dense indexes, chunked counts,
+blocks under a budget, and every user's ratings in (time, movie id) order (the sequence models keep
+a compacter form of that order, ``user_sequences.py``).
 
 Per-user sequences are ordered by (time, movie id), exactly as ``build_eval_transitions`` orders
 them. Sorting 28 M rows by three keys with ``np.lexsort`` takes ~20 s on two cores; instead the
