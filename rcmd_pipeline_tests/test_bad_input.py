@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rcmd_pipeline.embeddings import embedding_text
+from rcmd_pipeline.embedding_cache import embedding_text
 from rcmd_pipeline.evaluation import InsufficientDataError, TransitionSettings, build_eval_transitions
 from rcmd_pipeline.recommenders import (
     PAD,

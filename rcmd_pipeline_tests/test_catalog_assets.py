@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from dagster import Failure
 
-from rcmd_pipeline.catalog import carry_regtime, movie_rows, series_rows
 from rcmd_pipeline.resources.movie_db import MovieDatabase
 from rcmd_pipeline.resources.tmdb import HttpTmdbClient
+from rcmd_pipeline.table_rows import carry_regtime, movie_rows, series_rows
 from rcmd_pipeline_tests.fake_tmdb_server import FakeTmdbServer, movie_body, server_error
 from rcmd_pipeline_tests.helpers import (
     embedded_resources,

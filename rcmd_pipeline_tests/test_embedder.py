@@ -425,7 +425,7 @@ def test_cache_space_is_model_dimension_and_namespace_not_the_endpoint():
 
 
 def test_the_same_model_behind_another_gateway_reuses_every_cached_vector(tmp_path):
-    from rcmd_pipeline.embeddings import EmbeddingCache, embed_with_cache
+    from rcmd_pipeline.embedding_cache import EmbeddingCache, embed_with_cache
 
     texts = [TOY_1, TOY_2, WAR]
     cache = EmbeddingCache(tmp_path / "cache")
@@ -452,7 +452,7 @@ def test_the_same_model_behind_another_gateway_reuses_every_cached_vector(tmp_pa
 
 
 def test_vectors_cached_under_the_old_endpoint_key_are_migrated_on_read(tmp_path):
-    from rcmd_pipeline.embeddings import EmbeddingCache, embed_with_cache, text_hash
+    from rcmd_pipeline.embedding_cache import EmbeddingCache, embed_with_cache, text_hash
 
     texts = [TOY_1, TOY_2, WAR]
     cache = EmbeddingCache(tmp_path / "cache")
@@ -476,11 +476,11 @@ def test_vectors_cached_under_the_old_endpoint_key_are_migrated_on_read(tmp_path
 def test_a_cache_of_many_parts_is_compacted_to_the_vectors_in_use(tmp_path, monkeypatch):
     """Compaction (many parts, or many unused vectors) rewrites the cache group by group from the
     result matrix: the same vectors come back, each text once, and nothing is embedded again."""
-    from rcmd_pipeline import embeddings
-    from rcmd_pipeline.embeddings import EmbeddingCache, embed_with_cache
+    from rcmd_pipeline import embedding_cache
+    from rcmd_pipeline.embedding_cache import EmbeddingCache, embed_with_cache
 
-    monkeypatch.setattr(embeddings, "COMPACT_MAX_PARTS", 2)
-    monkeypatch.setattr(embeddings, "CACHE_GROUP_ROWS", 2)
+    monkeypatch.setattr(embedding_cache, "COMPACT_MAX_PARTS", 2)
+    monkeypatch.setattr(embedding_cache, "CACHE_GROUP_ROWS", 2)
     texts = [TOY_1, TOY_2, WAR, TOY_1, "다섯 번째 영화", "여섯 번째 영화"]  # TOY_1 twice
     cache = EmbeddingCache(tmp_path / "cache")
     with FakeOpenAIServer() as server:

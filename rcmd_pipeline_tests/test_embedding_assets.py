@@ -152,7 +152,7 @@ def _data_version(instance, asset):
 def test_unchanged_inputs_keep_the_embeddings_and_the_served_generation(tmp_path, small_dataset):
     from dagster import DagsterInstance
 
-    from rcmd_pipeline.embeddings import text_hash
+    from rcmd_pipeline.embedding_cache import text_hash
 
     data_dir = tmp_path / "state"
     resources = embedded_resources(small_dataset, data_dir)

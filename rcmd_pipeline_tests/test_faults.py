@@ -35,7 +35,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 
 from rcmd_pipeline.definitions import all_assets
-from rcmd_pipeline.embeddings import EmbeddingCache, embedding_text
+from rcmd_pipeline.embedding_cache import EmbeddingCache, embedding_text
 from rcmd_pipeline.resources.embedder import OpenAIEmbedder
 from rcmd_pipeline.resources.movie_db import MovieDatabase
 from rcmd_pipeline.resources.tmdb import HttpTmdbClient

@@ -28,19 +28,13 @@ from rcmd_pipeline.recommenders.history import (
     queries_from_arrays,
     queries_to_arrays,
 )
-from rcmd_pipeline.recommenders.learned import (
-    NextMovieRecommender,
-    PopularityRecommender,
-    leakage_cutoff,
-    training_window,
-)
-from rcmd_pipeline.recommenders.sequence import (
-    SLIST,
-    ItemKNN,
-    PrevOnly,
-    SequenceHybrid,
-    SequentialRules,
-)
+from rcmd_pipeline.recommenders.item_knn import ItemKNN
+from rcmd_pipeline.recommenders.next_movie import NextMovieRecommender
+from rcmd_pipeline.recommenders.popularity import PopularityRecommender
+from rcmd_pipeline.recommenders.seq_hybrid import PrevOnly, SequenceHybrid
+from rcmd_pipeline.recommenders.seq_rules import SequentialRules
+from rcmd_pipeline.recommenders.slist import SLIST
+from rcmd_pipeline.recommenders.training import leakage_cutoff, training_window
 from rcmd_pipeline_tests.helpers import embedded_resources, small_run_config, write_dataset
 
 

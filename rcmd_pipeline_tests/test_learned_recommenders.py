@@ -13,15 +13,11 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from rcmd_pipeline.evaluation import InsufficientDataError, TransitionSettings, build_eval_transitions
-from rcmd_pipeline.recommenders import PAD, Recommender, learned
-from rcmd_pipeline.recommenders.learned import (
-    HybridRecommender,
-    NextMovieRecommender,
-    PopularityRecommender,
-    leakage_cutoff,
-    training_window,
-    transition_pairs,
-)
+from rcmd_pipeline.recommenders import PAD, Recommender, ratings
+from rcmd_pipeline.recommenders.hybrid import HybridRecommender
+from rcmd_pipeline.recommenders.next_movie import NextMovieRecommender, transition_pairs
+from rcmd_pipeline.recommenders.popularity import PopularityRecommender
+from rcmd_pipeline.recommenders.training import leakage_cutoff, training_window
 
 EVAL_KEY = ["userId", "prev_movieId", "movieId", "timestamp"]
 
@@ -264,8 +260,8 @@ def test_pieces_and_user_blocks_count_what_one_piece_counts(monkeypatch, window)
     n = 3_000
     users, movies, times = rng.integers(1, 300, n), rng.integers(1, 40, n), rng.integers(0, 500, n)
     rows = list(zip(users.tolist(), movies.tolist(), times.tolist(), strict=True))
-    monkeypatch.setattr(learned, "_CHUNK", 97)
-    monkeypatch.setattr(learned, "_SORT_BLOCK_ROWS", 250)
+    monkeypatch.setattr(ratings, "_CHUNK", 97)
+    monkeypatch.setattr(ratings, "_SORT_BLOCK_ROWS", 250)
     rec = NextMovieRecommender(users, movies, times, window=window)
     expected = reference_next_movies(rows, window)
     for movie in range(1, 40):

@@ -38,7 +38,7 @@ pytest.importorskip("s3fs", reason="s3fs is not installed: pip install -e '.[s3]
 
 from rcmd_pipeline import storage  # noqa: E402
 from rcmd_pipeline.definitions import all_assets, all_checks, build_resources  # noqa: E402
-from rcmd_pipeline.embeddings import EmbeddingCache  # noqa: E402
+from rcmd_pipeline.embedding_cache import EmbeddingCache  # noqa: E402
 from rcmd_pipeline.resources.tmdb import HttpTmdbClient  # noqa: E402
 from rcmd_pipeline_tests.comparisons import assert_same_scores  # noqa: E402
 from rcmd_pipeline_tests.fake_openai_server import free_port  # noqa: E402

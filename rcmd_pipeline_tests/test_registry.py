@@ -11,13 +11,10 @@ from rcmd_pipeline.assets.strategies import strategy_checks
 from rcmd_pipeline.cli import build_parser
 from rcmd_pipeline.definitions import assets_for, defs
 from rcmd_pipeline.recommenders.base import PAD
-from rcmd_pipeline.recommenders.learned import (
-    NextMovieRecommender,
-    PopularityRecommender,
-    leakage_cutoff,
-    training_window,
-)
+from rcmd_pipeline.recommenders.next_movie import NextMovieRecommender
+from rcmd_pipeline.recommenders.popularity import PopularityRecommender
 from rcmd_pipeline.recommenders.registry import REGISTRY, Needs, QueryContext, Strategy, all_parts, by_name
+from rcmd_pipeline.recommenders.training import leakage_cutoff, training_window
 from rcmd_pipeline.serving import Recommendations
 from rcmd_pipeline_tests.helpers import embedded_resources, small_run_config
 

@@ -9,14 +9,11 @@ import pytest
 
 from rcmd_pipeline.recommenders.base import PAD
 from rcmd_pipeline.recommenders.history import queries_from_histories
-from rcmd_pipeline.recommenders.sequence import (
-    SLIST,
-    ItemKNN,
-    SequenceHybrid,
-    SequentialRules,
-    blend_lists,
-    decay_weights,
-)
+from rcmd_pipeline.recommenders.item_knn import ItemKNN
+from rcmd_pipeline.recommenders.seq_hybrid import SequenceHybrid, blend_lists
+from rcmd_pipeline.recommenders.seq_rules import SequentialRules
+from rcmd_pipeline.recommenders.sequence_scoring import decay_weights
+from rcmd_pipeline.recommenders.slist import SLIST
 
 # user 1 rates 10, 20, 30; user 2 rates 10, 30, 40 (times 1, 2, 3)
 USERS = [1, 1, 1, 2, 2, 2]
@@ -310,7 +307,7 @@ def test_blocked_fits_do_not_depend_on_the_blocking_or_the_id_range():
 
 
 def test_top_k_order_is_exact_where_float32_merges_values():
-    from rcmd_pipeline.recommenders.sequence import _best_first
+    from rcmd_pipeline.recommenders.pair_table import _best_first
 
     # source 0: targets 0..3; 1 + 1e-12 and 1 are one float32 but 3 must come before 0 and 2
     src = np.zeros(4, dtype=np.int64)
@@ -332,7 +329,7 @@ def test_top_k_order_is_exact_where_float32_merges_values():
 
 
 def test_sequences_are_ordered_by_user_time_movie_in_user_blocks():
-    from rcmd_pipeline.recommenders.sequence import _sequences
+    from rcmd_pipeline.recommenders.user_sequences import _sequences
 
     users, movies, times = _random_ratings(13, n=500, dtype=np.int32)
     order = np.lexsort((movies, times, users))
@@ -346,11 +343,11 @@ def test_sequences_are_ordered_by_user_time_movie_in_user_blocks():
 
 
 def test_slist_grams_do_not_depend_on_chunks_or_blocks(monkeypatch):
-    from rcmd_pipeline.recommenders import sequence
+    from rcmd_pipeline.recommenders import ratings
 
     users, movies, times = _random_ratings(14, n=1500)
     whole = SLIST.grams(users, movies, times, min_count=3, max_items=40, window=4)
-    monkeypatch.setattr(sequence, "_CHUNK", 13)
+    monkeypatch.setattr(ratings, "_CHUNK", 13)
     pieces = SLIST.grams(users.astype(np.int32), movies.astype(np.int32), times, min_count=3, max_items=40, window=4,
                          sort_rows=29)
     for key, value in whole.items():

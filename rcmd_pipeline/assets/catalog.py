@@ -9,9 +9,9 @@ from datetime import datetime, timezone
 from dagster import AssetExecutionContext, AssetIn, MaterializeResult, MetadataValue, asset
 
 from rcmd_pipeline.assets import versioning
-from rcmd_pipeline.catalog import carry_regtime, movie_rows, series_rows
 from rcmd_pipeline.resources.lazy_input import LAZY, LazyValue
 from rcmd_pipeline.resources.movie_db import MovieDatabase
+from rcmd_pipeline.table_rows import carry_regtime, movie_rows, series_rows
 
 GROUP = "catalog"
 LAZY_DETAILS = AssetIn(input_manager_key=LAZY)

@@ -30,7 +30,7 @@ from rcmd_pipeline.assets.versioning import (
     kept_result,
     unchanged_since,
 )
-from rcmd_pipeline.embeddings import (
+from rcmd_pipeline.embedding_cache import (
     EmbeddingCache,
     content_version,
     embed_with_cache,
@@ -38,8 +38,8 @@ from rcmd_pipeline.embeddings import (
     embeddings_value,
     load_embeddings,
 )
-from rcmd_pipeline.resources.embedder import Embedder
 from rcmd_pipeline.lib.memory import release_memory
+from rcmd_pipeline.resources.embedder import Embedder
 from rcmd_pipeline.resources.local_state import LocalStateDir, stored_value_path
 from rcmd_pipeline.resources.vector_store import REBUILD_SHARE, VectorStore
 

@@ -40,8 +40,8 @@ from rcmd_pipeline.recommenders.history import (
     history_lengths,
     queries_to_arrays,
 )
-from rcmd_pipeline.recommenders.learned import leakage_cutoff
 from rcmd_pipeline.recommenders.registry import REGISTRY, Needs, Strategy
+from rcmd_pipeline.recommenders.training import leakage_cutoff
 from rcmd_pipeline.resources.lazy_input import LAZY, LazyValue
 from rcmd_pipeline.resources.local_state import LocalStateDir
 from rcmd_pipeline.resources.vector_store import VectorStore

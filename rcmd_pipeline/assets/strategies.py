@@ -37,8 +37,8 @@ from rcmd_pipeline.assets import versioning
 from rcmd_pipeline.evaluation import Evaluation, evaluate
 from rcmd_pipeline.evaluation.report import hit_ratio_interval, mrr_at_k, ndcg_at_k
 from rcmd_pipeline.evaluation.tuning import decode_choice
+from rcmd_pipeline.lib.memory import release_memory
 from rcmd_pipeline.recommenders.history import Queries, queries_from_arrays, queries_match_pairs
-from rcmd_pipeline.recommenders.learned import leakage_cutoff, training_window
 from rcmd_pipeline.recommenders.registry import (
     REGISTRY,
     BuildInputs,
@@ -50,8 +50,8 @@ from rcmd_pipeline.recommenders.registry import (
     by_name,
     needs_of,
 )
+from rcmd_pipeline.recommenders.training import leakage_cutoff, training_window
 from rcmd_pipeline.resources.lazy_input import LAZY, LazyValue
-from rcmd_pipeline.lib.memory import release_memory
 
 MODEL_GROUP = "evaluation"  # with the evaluation set they learn before: "Materialize all" keeps them consistent
 EVALUATION_GROUP = "evaluation"

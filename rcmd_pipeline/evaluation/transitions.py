@@ -89,33 +89,12 @@ def build_eval_transitions(
         raise InsufficientDataError("the ratings are empty: there is nothing to evaluate on")
 
     mask = _popular_movie_mask(movies, settings.min_movie_ratings)
-    kept_times = times[mask]
-    if len(kept_times) == 0:
+    if not mask.any():
         raise InsufficientDataError(
             f"no movie has at least min_movie_ratings={settings.min_movie_ratings} ratings; "
             "lower min_movie_ratings"
         )
-
-    max_user = int(users.max())
-    # Candidate window: the `want` most recent kept ratings. Each user's first rating yields no
-    # pair, so the window may hold fewer than eval_size pairs; then it is doubled.
-    want = min(len(kept_times), 2 * settings.eval_size)
-    while True:
-        kept_times.partition(len(kept_times) - want)  # in place: no second copy of ~28 M times
-        threshold = kept_times[len(kept_times) - want]
-        recent = mask & (times >= threshold)
-        owners = np.zeros(max_user + 1, dtype=bool)
-        owners[users[recent]] = True
-        rows = np.flatnonzero(mask & owners[users])
-        u, p, m, t = _pairs_of_users(users, movies, times, rows)
-        in_window = t >= threshold
-        # Every pair at or after the threshold is in (u, p, m, t), and every pair before it ranks
-        # below all of them, so the window is complete once it holds eval_size pairs.
-        if in_window.sum() >= settings.eval_size or want == len(kept_times):
-            break
-        want = min(len(kept_times), want * 2)
-
-    u, p, m, t = u[in_window], p[in_window], m[in_window], t[in_window]
+    u, p, m, t = _recent_pairs(users, movies, times, mask, settings.eval_size)
     if len(u) < settings.eval_size:
         raise InsufficientDataError(
             f"only {len(u)} previous->next pairs remain after keeping movies with at least "
@@ -131,3 +110,29 @@ def build_eval_transitions(
             "timestamp": t[order].astype(np.int64),
         }
     )
+
+
+def _recent_pairs(
+    users: np.ndarray, movies: np.ndarray, times: np.ndarray, mask: np.ndarray, eval_size: int
+) -> tuple[np.ndarray, ...]:
+    """Every pair of the kept ratings (``mask``) at or after a time threshold that leaves at least
+    ``eval_size`` of them (or every pair, when there are fewer): the owners' whole histories are paired."""
+    kept_times = times[mask]
+    max_user = int(users.max())
+    # Candidate window: the `want` most recent kept ratings. Each user's first rating yields no
+    # pair, so the window may hold fewer than eval_size pairs; then it is doubled.
+    want = min(len(kept_times), 2 * eval_size)
+    while True:
+        kept_times.partition(len(kept_times) - want)  # in place: no second copy of ~28 M times
+        threshold = kept_times[len(kept_times) - want]
+        recent = mask & (times >= threshold)
+        owners = np.zeros(max_user + 1, dtype=bool)
+        owners[users[recent]] = True
+        rows = np.flatnonzero(mask & owners[users])
+        u, p, m, t = _pairs_of_users(users, movies, times, rows)
+        in_window = t >= threshold
+        # Every pair at or after the threshold is in (u, p, m, t), and every pair before it ranks
+        # below all of them, so the window is complete once it holds eval_size pairs.
+        if in_window.sum() >= eval_size or want == len(kept_times):
+            return u[in_window], p[in_window], m[in_window], t[in_window]
+        want = min(len(kept_times), want * 2)

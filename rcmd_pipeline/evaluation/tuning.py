@@ -29,13 +29,12 @@ import pandas as pd
 from rcmd_pipeline.evaluation.metrics import hits_at_k
 from rcmd_pipeline.evaluation.transitions import TransitionSettings, build_eval_transitions
 from rcmd_pipeline.recommenders.history import Queries, build_queries
-from rcmd_pipeline.recommenders.learned import (
-    NextMovieRecommender,
-    PopularityRecommender,
-    leakage_cutoff,
-    training_window,
-)
-from rcmd_pipeline.recommenders.sequence import MODELS, SLIST, PrevOnly, blend_lists, split_params
+from rcmd_pipeline.recommenders.next_movie import NextMovieRecommender
+from rcmd_pipeline.recommenders.popularity import PopularityRecommender
+from rcmd_pipeline.recommenders.seq_hybrid import PrevOnly, blend_lists
+from rcmd_pipeline.recommenders.sequence import MODELS, split_params
+from rcmd_pipeline.recommenders.slist import SLIST
+from rcmd_pipeline.recommenders.training import leakage_cutoff, training_window
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,21 @@ def sample_distinct(rng: np.random.Generator, pool: np.ndarray, rows: int, k: in
     return out
 
 
+def append_usable(out: np.ndarray, counts: np.ndarray, rows: np.ndarray, candidates: np.ndarray,
+                  unusable: np.ndarray) -> None:
+    """Append to each row ``rows[i]`` of ``out``, after its ``counts`` picks, the ``candidates[i]`` not
+    marked ``unusable``, in order, while the row has room; ``out`` and ``counts`` are updated in place."""
+    k = out.shape[1]
+    ordered = np.take_along_axis(candidates, np.argsort(unusable, axis=1, kind="stable"), axis=1)
+    put = np.minimum(k - counts[rows], (~unusable).sum(axis=1))
+    for j in range(min(k, candidates.shape[1])):
+        sel = j < put
+        if not sel.any():
+            break
+        out[rows[sel], counts[rows[sel]] + j] = ordered[sel, j]
+    counts[rows] += put
+
+
 def fill_with_random(out: np.ndarray, counts: np.ndarray, fill_ids: np.ndarray,
                      rng: np.random.Generator) -> np.ndarray:
     """Fill each row's tail after its first ``counts[i]`` picks with random distinct ids.

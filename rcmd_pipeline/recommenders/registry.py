@@ -23,9 +23,12 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from rcmd_pipeline.recommenders.base import Recommender
-from rcmd_pipeline.recommenders.learned import HybridRecommender, NextMovieRecommender, PopularityRecommender
+from rcmd_pipeline.recommenders.hybrid import HybridRecommender
+from rcmd_pipeline.recommenders.next_movie import NextMovieRecommender
+from rcmd_pipeline.recommenders.popularity import PopularityRecommender
 from rcmd_pipeline.recommenders.random_baseline import RandomRecommender
-from rcmd_pipeline.recommenders.sequence import PrevOnly, SequenceHybrid, fit_model, load_model
+from rcmd_pipeline.recommenders.seq_hybrid import PrevOnly, SequenceHybrid
+from rcmd_pipeline.recommenders.sequence import fit_model, load_model
 from rcmd_pipeline.recommenders.series import SeriesRecommender
 from rcmd_pipeline.recommenders.vector import Neighbours, SeriesVectorRecommender, VectorRecommender
 
@@ -243,7 +246,7 @@ def _tuned(inputs: BuildInputs, name: str) -> dict:
 
 
 def _sequence_strategy(name: str, summary: str) -> Strategy:
-    """A sequence model of ``sequence.py``: fitted on the training window with the parameters chosen
+    """A sequence model (``sequence.MODELS``): fitted on the training window with the parameters chosen
     on validation (fit and query parameters; the latter are stored in the state)."""
     def build(inputs: BuildInputs, params: BaseModel) -> State:
         w = inputs.training

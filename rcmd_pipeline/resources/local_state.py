@@ -25,9 +25,9 @@ from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, O
 
 from rcmd_pipeline import storage
 from rcmd_pipeline.lib.memory import release_memory
-from rcmd_pipeline.storage import StatePath, atomic_write
+from rcmd_pipeline.storage import StatePath
 
-__all__ = ["KEEP", "LocalStateDir", "LocalStateIOManager", "atomic_write", "read_arrays", "release_memory", "stored_value_path"]
+__all__ = ["KEEP", "LocalStateDir", "LocalStateIOManager", "read_arrays", "release_memory", "stored_value_path"]
 
 
 def read_arrays(path: StatePath, columns: Sequence[str], below: tuple[str, int] | None = None) -> dict[str, np.ndarray]:
@@ -118,17 +118,17 @@ class LocalStateIOManager(ConfigurableIOManager):
         if isinstance(obj, pd.DataFrame):
             others.remove(stem.with_suffix(".parquet"))
             table = pa.Table.from_pandas(obj, preserve_index=False)
-            atomic_write(stem.with_suffix(".parquet"), lambda p: pq.write_table(table, p))
+            storage.atomic_write(stem.with_suffix(".parquet"), lambda p: pq.write_table(table, p))
         elif _is_array_bundle(obj):
             others.remove(stem.with_suffix(".npz"))
 
             def write_npz(path: Path) -> None:
                 with open(path, "wb") as out:  # a file object: np.savez would append ".npz" to a name
                     np.savez(out, **obj)
-            atomic_write(stem.with_suffix(".npz"), write_npz)
+            storage.atomic_write(stem.with_suffix(".npz"), write_npz)
         else:
             others.remove(stem.with_suffix(".pickle"))
-            atomic_write(stem.with_suffix(".pickle"), lambda p: p.write_bytes(pickle.dumps(obj)))
+            storage.atomic_write(stem.with_suffix(".pickle"), lambda p: p.write_bytes(pickle.dumps(obj)))
         for other in others:
             storage.remove(other)
 

@@ -34,8 +34,8 @@ from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
 from rcmd_pipeline.lib.arguments import check_k as _check_k
-from rcmd_pipeline.lib.memory import release_memory
 from rcmd_pipeline.lib.env import env_text
+from rcmd_pipeline.lib.memory import release_memory
 from rcmd_pipeline.lib.secrets import env_value, redact, secret_value
 from rcmd_pipeline.lib.secrets import mask_url as _mask_url
 

@@ -140,71 +140,108 @@ def embed_with_cache(texts: list[str], embedder: Any, cache: EmbeddingCache, chu
     vectors is assumed and checked against the first embedded chunk; if there is nothing to embed,
     one probe request checks it, as an unchecked cache could be another model's vectors.
     """
-    unique = list(dict.fromkeys(texts))
-    cached = cache.load()
-    legacy_space = embedder.model_id()
+    call = _CachedEmbedding(texts, embedder, cache, log)
+    call.look_up()
+    call.embed_missing(chunk_size)
+    return call.result()
 
-    def resolve(dimension: int) -> tuple[dict[str, str], dict[str, np.ndarray], dict[str, np.ndarray]]:
-        space = embedder.cache_space(dimension)
-        key_of = {t: text_hash(space, t) for t in unique}
+
+class _CachedEmbedding:
+    """One call of :func:`embed_with_cache`: each text's key, the vectors found in the cache (``found``;
+    ``migrated`` those found under the old key) and the texts still to embed (``todo``)."""
+
+    def __init__(self, texts: list[str], embedder: Any, cache: EmbeddingCache, log: Callable[[str], None]) -> None:
+        self.texts, self.embedder, self.cache, self.log = texts, embedder, cache, log
+        self.unique = list(dict.fromkeys(texts))
+        self.cached = cache.load()
+        self.legacy_space = embedder.model_id()
+        self.dimension: int | None = embedder.known_dimension()
+        self.guess = self.dimension
+        self.key_of: dict[str, str] = {}
+        self.found: dict[str, np.ndarray] = {}
+        self.migrated: dict[str, np.ndarray] = {}
+        self.todo: list[str] = []
+
+    def _resolve(self, dimension: int) -> tuple[dict[str, str], dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(key of each text, cached vector of each text found, vectors found under the old key by new key)
+        in the cache space of ``dimension``."""
+        space = self.embedder.cache_space(dimension)
+        key_of = {t: text_hash(space, t) for t in self.unique}
         found: dict[str, np.ndarray] = {}
         migrated: dict[str, np.ndarray] = {}
         for text, key in key_of.items():
-            vector = cached.get(key)
-            if vector is None and space != legacy_space:
-                vector = cached.get(text_hash(legacy_space, text))
+            vector = self.cached.get(key)
+            if vector is None and space != self.legacy_space:
+                vector = self.cached.get(text_hash(self.legacy_space, text))
                 if vector is not None and len(vector) == dimension:
                     migrated[key] = vector
             if vector is not None and len(vector) == dimension:
                 found[text] = vector
         return key_of, found, migrated
 
-    dimension = embedder.known_dimension()
-    guess = dimension
-    if guess is None and cached:
-        candidates = {len(v) for v in cached.values()}
-        guess = max(sorted(candidates), key=lambda d: len(resolve(d)[1]))
-    key_of, found, migrated = resolve(guess) if guess is not None else ({}, {}, {})
-    todo = [t for t in unique if t not in found]
-    if dimension is None and unique and not todo:  # everything cached: check the assumed dimension once
-        dimension = embedder.dimension()
-        if dimension != guess:
-            key_of, found, migrated = resolve(dimension)
-            todo = [t for t in unique if t not in found]
-    if migrated:
-        cache.append(list(migrated), np.stack(list(migrated.values())))
-        log(f"reused {len(migrated)} vectors cached under the old key (model id with endpoint), "
-            "stored again under the new key")
-    done = 0
-    while done < len(todo):
-        chunk = todo[done: done + chunk_size]
-        vectors = embedder.embed(chunk)
-        if dimension is None:  # the first answer tells the dimension
-            dimension = int(vectors.shape[1])
-            if dimension != guess:
-                key_of, found, migrated = resolve(dimension)
-                if migrated:
-                    cache.append(list(migrated), np.stack(list(migrated.values())))
-                sent = set(chunk)
-                todo = chunk + [t for t in unique if t not in found and t not in sent]
-        cache.append([key_of[t] for t in chunk], vectors)  # paid for: kept even if a later chunk fails
-        found.update(zip(chunk, vectors, strict=True))
-        done += len(chunk)
-        log(f"embedded {done}/{len(todo)} texts")
-    if dimension is None:
-        dimension = guess if guess is not None else embedder.dimension()
-    keys = [key_of[t] for t in texts]
-    stored = len(cached) + len(migrated) + len(todo)
-    counts = {"embedded": len(todo), "migrated": len(migrated), "dimension": int(dimension)}
-    cached.clear()  # from here on ``found`` alone holds the vectors: ``out`` takes them over
-    migrated.clear()
-    vectors = None
-    out = _stack_consuming(texts, found, int(dimension))
-    if unique and (stored - len(unique) > COMPACT_UNUSED_SHARE * stored or cache.parts() > COMPACT_MAX_PARTS):
-        first = dict(zip(reversed(texts), range(len(texts) - 1, -1, -1), strict=True))  # text -> first row
-        # an empty catalogue never empties the cache (nothing is used then)
-        cache.compact([key_of[t] for t in unique], out, np.array([first[t] for t in unique], dtype=np.int64))
-    return keys, out, counts
+    def _store_migrated(self) -> None:
+        if self.migrated:
+            self.cache.append(list(self.migrated), np.stack(list(self.migrated.values())))
+
+    def look_up(self) -> None:
+        """The cached vectors, in the embedder's dimension or else the cached one that finds the most."""
+        if self.guess is None and self.cached:
+            candidates = {len(v) for v in self.cached.values()}
+            self.guess = max(sorted(candidates), key=lambda d: len(self._resolve(d)[1]))
+        if self.guess is not None:
+            self.key_of, self.found, self.migrated = self._resolve(self.guess)
+        self.todo = [t for t in self.unique if t not in self.found]
+        if self.dimension is None and self.unique and not self.todo:  # all cached: check the assumed dimension once
+            self.dimension = self.embedder.dimension()
+            if self.dimension != self.guess:
+                self.key_of, self.found, self.migrated = self._resolve(self.dimension)
+                self.todo = [t for t in self.unique if t not in self.found]
+        if self.migrated:
+            self._store_migrated()
+            self.log(f"reused {len(self.migrated)} vectors cached under the old key (model id with endpoint), "
+                     "stored again under the new key")
+
+    def embed_missing(self, chunk_size: int) -> None:
+        """Embed ``todo`` chunk by chunk, each chunk cached before the next is sent."""
+        done = 0
+        while done < len(self.todo):
+            chunk = self.todo[done: done + chunk_size]
+            vectors = self.embedder.embed(chunk)
+            if self.dimension is None:  # the first answer tells the dimension
+                self.dimension = int(vectors.shape[1])
+                if self.dimension != self.guess:
+                    self.key_of, self.found, self.migrated = self._resolve(self.dimension)
+                    self._store_migrated()
+                    sent = set(chunk)
+                    self.todo = chunk + [t for t in self.unique if t not in self.found and t not in sent]
+            self.cache.append([self.key_of[t] for t in chunk], vectors)  # paid for: kept even if a later chunk fails
+            self.found.update(zip(chunk, vectors, strict=True))
+            done += len(chunk)
+            self.log(f"embedded {done}/{len(self.todo)} texts")
+
+    def result(self) -> tuple[list[str], np.ndarray, dict]:
+        """(key per text, vectors, counts) as :func:`embed_with_cache` returns them; the cache compacted
+        when it holds many unused vectors or parts."""
+        if self.dimension is None:
+            self.dimension = self.guess if self.guess is not None else self.embedder.dimension()
+        dimension = int(self.dimension)
+        keys = [self.key_of[t] for t in self.texts]
+        stored = len(self.cached) + len(self.migrated) + len(self.todo)
+        counts = {"embedded": len(self.todo), "migrated": len(self.migrated), "dimension": dimension}
+        self.cached.clear()  # from here on ``found`` alone holds the vectors: ``out`` takes them over
+        self.migrated.clear()
+        out = _stack_consuming(self.texts, self.found, dimension)
+        self._compact(out, stored)
+        return keys, out, counts
+
+    def _compact(self, out: np.ndarray, stored: int) -> None:
+        """Rewrite the cache as the vectors in use (``out``'s rows) when it holds :data:`COMPACT_UNUSED_SHARE`
+        unused ones or more than :data:`COMPACT_MAX_PARTS` parts. An empty catalogue never empties it."""
+        unique = self.unique
+        if unique and (stored - len(unique) > COMPACT_UNUSED_SHARE * stored or self.cache.parts() > COMPACT_MAX_PARTS):
+            first = dict(zip(reversed(self.texts), range(len(self.texts) - 1, -1, -1), strict=True))  # text -> row
+            rows = np.array([first[t] for t in unique], dtype=np.int64)
+            self.cache.compact([self.key_of[t] for t in unique], out, rows)
 
 
 def _stack_consuming(texts: list[str], found: dict[str, np.ndarray], dimension: int) -> np.ndarray:
