@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -273,10 +273,11 @@ def content_version(value: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def load_embeddings(base_dir: str | Path) -> dict[str, np.ndarray]:
+def load_embeddings(base_dir: str | Path, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """The stored embeddings value (as :func:`embeddings_value`) read straight from ``RCMD_DATA_DIR``:
-    for a consumer that decides first whether it needs it at all. A value stored by an older version
-    (Parquet with a list column) is converted."""
+    for a consumer that decides first whether it needs it at all, or needs only some of its arrays
+    (``names``, e.g. the movie ids without the 0.5 GB of vectors at 32M). A value stored by an older
+    version (Parquet with a list column) is converted."""
     from rcmd_pipeline.resources.local_state import stored_value_path
 
     path = stored_value_path(base_dir, ["movie_overview_embeddings"])
@@ -284,10 +285,11 @@ def load_embeddings(base_dir: str | Path) -> dict[str, np.ndarray]:
         raise FileNotFoundError(f"No stored value for asset movie_overview_embeddings under {base_dir}; "
                                 "materialize it first (RCMD_DATA_DIR decides where values are kept).")
     if path.suffix == ".npz":
-        return storage.load_npz(path)
+        return storage.load_npz(path, names)
     table = storage.read_parquet(path)
-    return embeddings_value(table.column("movieId").to_numpy(), table.column("text_hash").to_pylist(),
-                            table_vectors(table))
+    value = embeddings_value(table.column("movieId").to_numpy(), table.column("text_hash").to_pylist(),
+                             table_vectors(table))
+    return value if names is None else {name: value[name] for name in names}
 
 
 def frame_vectors(frame: pd.DataFrame | Mapping[str, np.ndarray]) -> np.ndarray:

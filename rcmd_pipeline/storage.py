@@ -27,7 +27,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,11 +149,11 @@ def parquet_file(path: StatePath) -> pq.ParquetFile:
     return pq.ParquetFile(path)
 
 
-def load_npz(path: StatePath) -> dict[str, np.ndarray]:
-    """Every array of an ``.npz`` file (no pickles)."""
+def load_npz(path: StatePath, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` file (no pickles): every one, or only ``names`` (the others are not read)."""
     source = io.BytesIO(path.read_bytes()) if is_remote(path) else path
     with np.load(source, allow_pickle=False) as arrays:
-        return {name: arrays[name] for name in arrays.files}
+        return {name: arrays[name] for name in (arrays.files if names is None else names)}
 
 
 class FolderReader:
