@@ -409,3 +409,19 @@ def test_fit_one_loads_the_training_window_compactly(tmp_path):
     assert np.array_equal(state["indices"], SequentialRules.fit(*(want[c].to_numpy() for c in
                                                                   ("userId", "movieId", "timestamp")),
                                                                 max_gap=2)["indices"])
+
+
+@pytest.mark.parametrize("blocking", BLOCKINGS)
+def test_item_knn_fit_shrinks_equals_one_fit_per_shrink(blocking):
+    users, movies, times = _random_ratings(13)
+    shrinks = [0.0, 5.0, 20.0]
+    for window, top_k in ((1, 200), (4, 3)):
+        states = ItemKNN.fit_shrinks(users, movies, times, shrinks=shrinks, window=window, top_k=top_k, **blocking)
+        assert len(states) == len(shrinks)
+        for shrink, state in zip(shrinks, states, strict=True):
+            alone = ItemKNN.fit(users, movies, times, window=window, shrink=shrink, top_k=top_k, **blocking)
+            assert set(state) == set(alone)
+            for key, value in alone.items():
+                assert np.array_equal(state[key], value), (shrink, key)
+    with pytest.raises(ValueError, match="shrink"):
+        ItemKNN.fit_shrinks(users, movies, times, shrinks=[1.0, -1.0])

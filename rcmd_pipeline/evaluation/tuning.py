@@ -29,6 +29,7 @@ import pandas as pd
 from rcmd_pipeline.evaluation.metrics import hits_at_k
 from rcmd_pipeline.evaluation.transitions import TransitionSettings, build_eval_transitions
 from rcmd_pipeline.recommenders.history import Queries, build_queries
+from rcmd_pipeline.recommenders.item_knn import ItemKNN
 from rcmd_pipeline.recommenders.next_movie import NextMovieRecommender
 from rcmd_pipeline.recommenders.popularity import PopularityRecommender
 from rcmd_pipeline.recommenders.seq_hybrid import PrevOnly, blend_lists
@@ -165,7 +166,14 @@ class SequenceChoice:
 
 def _fits(name: str, train: tuple, fit_grid: dict, fixed: dict):
     """(fit parameters, fitted state) for every point of ``fit_grid``; SLIST's Gram matrices are
-    computed once per window and solved per (alpha, reg)."""
+    computed once per window and solved per (alpha, reg), item-kNN's co-occurrences once per window."""
+    if name == "item_knn" and set(fit_grid) <= {"window", "shrink"} and "shrink" in fit_grid:
+        for window in (fit_grid.get("window") or [fixed.get("window", 10)]):
+            params = [{**({"window": window} if "window" in fit_grid else {}), "shrink": s} for s in fit_grid["shrink"]]
+            states = ItemKNN.fit_shrinks(*train, shrinks=fit_grid["shrink"], **{**fixed, "window": window})
+            yield from zip(params, states, strict=True)
+            del states
+        return
     if name != "slist":
         for params in expand_grid(fit_grid):
             yield params, MODELS[name].fit(*train, **fixed, **params)

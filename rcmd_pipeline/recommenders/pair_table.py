@@ -172,12 +172,22 @@ def _pair_table(users, movies, times, gap_weights: np.ndarray, scale: int, symme
     most ``block_codes`` pair instances, each reduced exactly (bincount over the block's cells when
     they are few, ``dense_cells`` at most, else a sort of pair codes) and cut to its top_k at once.
     """
+    return _pair_tables(users, movies, times, gap_weights, scale, symmetric, top_k, [shrink], block_codes,
+                        dense_cells, sort_rows)[0]
+
+
+def _pair_tables(users, movies, times, gap_weights: np.ndarray, scale: int, symmetric: bool, top_k: int,
+                 shrinks: list[float | None], block_codes: int = _BLOCK_CODES, dense_cells: int = _DENSE_CELLS,
+                 sort_rows: int = _SORT_ROWS) -> list[dict[str, np.ndarray]]:
+    """:func:`_pair_table` for each of ``shrinks``, counting the pairs once (tuning item-kNN's shrink)."""
     seq = _sequences(users, movies, times, sort_rows=sort_rows)
     gap_weights = np.asarray(gap_weights, dtype=np.int64)
     gaps = range(1, len(gap_weights) + 1)
-    spec = _PairSpec(gap_weights, scale, shifts=[*gaps, *([-g for g in gaps] if symmetric else [])],
-                     gap_codes=bool((gap_weights != gap_weights[0]).any()), top_k=top_k, shrink=shrink)
-    return _neighbour_state(seq, list(_kept_pairs(seq, spec, block_codes, dense_cells)))
+    specs = [_PairSpec(gap_weights, scale, shifts=[*gaps, *([-g for g in gaps] if symmetric else [])],
+                       gap_codes=bool((gap_weights != gap_weights[0]).any()), top_k=top_k, shrink=shrink)
+             for shrink in shrinks]
+    kept = list(_kept_pairs(seq, specs, block_codes, dense_cells))
+    return [_neighbour_state(seq, [block[i] for block in kept]) for i in range(len(specs))]
 
 
 def _source_groups(seq: _Sequences, n_shifts: int, block_codes: int) -> list[list[tuple[int, int]]]:
@@ -195,9 +205,10 @@ def _source_groups(seq: _Sequences, n_shifts: int, block_codes: int) -> list[lis
     return groups
 
 
-def _kept_pairs(seq: _Sequences, spec: _PairSpec, block_codes: int, dense_cells: int):
-    """Per block of source movies: (source rank, place among its targets, target rank, value) of each
-    source's ``top_k`` best targets, best first."""
+def _kept_pairs(seq: _Sequences, specs: list[_PairSpec], block_codes: int, dense_cells: int):
+    """Per block of source movies, for each spec (they differ only in ``shrink``): (source rank, place
+    among its targets, target rank, value) of each source's ``top_k`` best targets, best first."""
+    spec = specs[0]
     m, counts = len(seq.ids_by_rank), seq.counts_by_rank
     for group in _source_groups(seq, len(spec.shifts), block_codes):
         g_lo, g_hi = group[0][0], group[-1][1]
@@ -213,7 +224,7 @@ def _kept_pairs(seq: _Sequences, spec: _PairSpec, block_codes: int, dense_cells:
                 continue
             src, dst = pair // m, pair % m
             del pair
-            kept = _top_k(src, dst, weight, lo, counts, spec)
+            kept = [_top_k(src, dst, weight, lo, counts, one) for one in specs]
             del src, dst, weight
             yield kept
         del g_pos, g_movie
