@@ -180,7 +180,7 @@ class Recorder:
             cumulative = np.asarray(step.picker.cumulative)
             weights = np.diff(cumulative, prepend=0.0)  # exactly the picker's bisect intervals
             user = self.users[step.user] = {"weights": weights, "total": step.picker.total, "choices": [],
-                                            "nows": [], "branches": [], "steps": []}
+                                            "nows": [], "steps": []}
         if len(step.seen) != len(user["choices"]) or not step.seen.issuperset(user["choices"]):
             raise AssertionError(f"user {step.user}: the hook's seen set differs from the recorded sequence")
         if step.prev != (user["choices"][-1] if user["choices"] else None):
@@ -208,7 +208,6 @@ class Recorder:
         user["steps"].append(len(self.rows))
         user["choices"].append(c)
         user["nows"].append(step.now)
-        user["branches"].append(step.branch)
         self.rows.append((step.user, c, step.now, step.branch, float(p[top_k(p)].sum()),
                           float(in_candidates[best].sum()) / mass if mass > 0 else float("nan"),
                           bool(c in best)))
