@@ -171,8 +171,35 @@ class _Picker:
         return allowed[int(rng.random() * len(allowed))] if allowed else None
 
 
-def simulate(movies: list[Movie], seed: int = SEED, n_users: int = N_USERS) -> list[tuple[int, int, float, int]]:
-    """The ratings (userId, movieId, rating, timestamp) of the user model in the module docstring."""
+@dataclass(frozen=True)
+class Step:
+    """The generator's state at one rating, for :func:`simulate`'s ``observe`` hook.
+
+    ``seen`` is the live set of the movies rated before this one (copy it to keep it); ``branch``
+    is what produced ``choice``: "series", "similar" or "appeal" (the picker, also when the series
+    or similar branch found nothing). Indexes are into the catalogue list.
+    """
+
+    user: int
+    appeal: list[float]
+    picker: _Picker
+    series: dict[int, list[int]]
+    seen: set[int]
+    prev: int | None
+    now: int
+    roll: float
+    branch: str
+    choice: int
+
+
+def simulate(movies: list[Movie], seed: int = SEED, n_users: int = N_USERS,
+             observe=None) -> list[tuple[int, int, float, int]]:
+    """The ratings (userId, movieId, rating, timestamp) of the user model in the module docstring.
+
+    ``observe``, if given, is called with a :class:`Step` before each rating is recorded (for
+    ``benchmarks/demo_ceiling.py``); it must not use the generator's random numbers, so the ratings
+    are the same with or without it.
+    """
     rng = random.Random(seed)
     _similar(movies)
     genres = sorted({g for m in movies for g in m.genres})
@@ -205,15 +232,17 @@ def simulate(movies: list[Movie], seed: int = SEED, n_users: int = N_USERS) -> l
                 members = series[movies[prev].collection_id]
                 later = [i for i in members if ok(i) and movies[i].release_ts >= movies[prev].release_ts]
                 earlier = [i for i in members if ok(i)]
-                choice = (later or earlier or [None])[0]
+                choice, branch = (later or earlier or [None])[0], "series"
             elif prev is not None and roll < P_SERIES + P_SIMILAR:
                 options = [i for i in movies[prev].similar if ok(i)]
                 if options:
-                    choice = options[int(rng.random() * len(options))]
+                    choice, branch = options[int(rng.random() * len(options))], "similar"
             if choice is None:
-                choice = picker.pick(rng, ok)
+                choice, branch = picker.pick(rng, ok), "appeal"
             if choice is None:
                 break
+            if observe is not None:
+                observe(Step(user, appeal, picker, series, seen, prev, now, roll, branch, choice))
             seen.add(choice)
             stars = 1.0 + 2.2 * appeal[choice] + rng.gauss(0.0, 0.7)
             stars = min(5.0, max(0.5, round(stars * 2) / 2))
