@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ import numpy as np
 
 from rcmd_pipeline.resources.vector_store.points import Points, point_diff, points_digest
 from rcmd_pipeline.resources.vector_store.session import VectorSession, VectorStoreError
+from rcmd_pipeline.storage import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +46,14 @@ def _read_text(path: Path) -> str | None:
 
 def _write_atomically(path: Path, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path``, fsync it, rename it onto ``path``, fsync the folder."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
     folder = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(folder)
