@@ -320,7 +320,7 @@ def test_embedded_layout_manifest_and_pointer(tmp_path: Path):
 
 def test_embedded_failed_rebuild_leaves_the_served_generation(tmp_path: Path, monkeypatch):
     store = built(EmbeddedQdrantStore(path=str(tmp_path / "vectors")))
-    from rcmd_pipeline.resources import vector_store as module
+    from rcmd_pipeline.resources.vector_store import embedded as module
 
     def broken(self, shard, ids, vectors, payloads):
         raise RuntimeError("disk full (simulated)")
@@ -493,7 +493,7 @@ def test_embedded_failed_patch_leaves_the_served_generation(tmp_path: Path, monk
     with store.open() as session:
         session.sync(COLLECTION, IDS, VECTORS, PAYLOADS, model=MODEL)
         before = session.retrieve(COLLECTION, IDS)
-    from rcmd_pipeline.resources import vector_store as module
+    from rcmd_pipeline.resources.vector_store import embedded as module
 
     def broken(self, shard, ids, vectors, payloads):  # after the deletes were applied to the copy
         raise OSError(28, "No space left on device (simulated)")
