@@ -41,7 +41,7 @@ from rcmd_pipeline.embedding_cache import (
 from rcmd_pipeline.lib.memory import release_memory
 from rcmd_pipeline.resources.embedder import Embedder
 from rcmd_pipeline.resources.local_state import LocalStateDir, stored_value_path
-from rcmd_pipeline.resources.vector_store import REBUILD_SHARE, VectorStore
+from rcmd_pipeline.resources.vector_store import REBUILD_SHARE, VectorSession, VectorStore
 
 GROUP = "embeddings"
 # Bump when what is stored from the same inputs changes (text recipe, value layout, cache key scheme).
@@ -188,30 +188,11 @@ def movie_vectors(
                              extra={"collection": collection, "store": vector_store.describe(), "model": model})
     started = time.perf_counter()
     with vector_store.open() as session:
-        previous = unchanged_since(context, version)
-        if previous is not None and not config.rebuild:
-            info = session.info(collection)
-            recorded = _value(previous[1], "digest")
-            if info is not None and recorded and info.get("digest") == recorded:
-                kept_now = kept_result(context, version, previous)
-                return MaterializeResult(data_version=DataVersion(str(recorded)), metadata={
-                    **kept_now.metadata, "action": "kept", "upserted": 0, "deleted": 0,
-                    "reason": f"inputs unchanged since run {previous[0]}; the store serves that generation",
-                    "seconds": MetadataValue.float(round(time.perf_counter() - started, 2))})
+        kept = _served_unchanged(context, session, collection, version, started) if not config.rebuild else None
+        if kept is not None:
+            return kept
         release_memory()  # no input is loaded through the io manager here: hand earlier steps' pages back
-        embeddings = load_embeddings(local_state.base_dir)
-        ids = np.asarray(embeddings["movieId"], dtype=np.int64)
-        points = {"vectors": embeddings.pop("vector"), "payloads": movie_payloads(ids, _details(local_state.base_dir))}
-        del embeddings  # its text hashes (21 MB at 32M) are not needed while the index is built
-        prepared = time.perf_counter() - started
-        # vectors and payloads are handed over (popped: no other reference here), so the session frees
-        # them once the engine holds its copy, before the index is built
-        if config.rebuild:
-            stats = {**session.rebuild(collection, ids, points.pop("vectors"), points.pop("payloads"), model=model),
-                     "action": "rebuilt", "reason": "rebuild requested in the run config", "upserted": len(ids)}
-        else:
-            stats = session.sync(collection, ids, points.pop("vectors"), points.pop("payloads"), model=model,
-                                 max_changed_share=config.max_changed_share)
+        stats, prepared = _write_collection(session, collection, model, config, local_state.base_dir, started)
     context.log.info(f"movie_vectors: {stats['action']} generation {stats['generation']} ({stats['reason']})")
     digest = str(stats.get("digest") or version)
     # the data version is the served content's digest: a sync that found nothing to change leaves
@@ -231,3 +212,39 @@ def movie_vectors(
         "seconds": MetadataValue.float(round(time.perf_counter() - started, 2)),
         "store": vector_store.describe(),
     })
+
+
+def _served_unchanged(context: AssetExecutionContext, session: VectorSession, collection: str, version: str,
+                      started: float) -> MaterializeResult | None:
+    """The "kept" result when the inputs did not change since a run whose generation the store still
+    serves (same content digest); None when the collection must be synced."""
+    previous = unchanged_since(context, version)
+    if previous is None:
+        return None
+    info = session.info(collection)
+    recorded = _value(previous[1], "digest")
+    if info is None or not recorded or info.get("digest") != recorded:
+        return None
+    kept_now = kept_result(context, version, previous)
+    return MaterializeResult(data_version=DataVersion(str(recorded)), metadata={
+        **kept_now.metadata, "action": "kept", "upserted": 0, "deleted": 0,
+        "reason": f"inputs unchanged since run {previous[0]}; the store serves that generation",
+        "seconds": MetadataValue.float(round(time.perf_counter() - started, 2))})
+
+
+def _write_collection(session: VectorSession, collection: str, model: str, config: VectorsConfig, base_dir: str,
+                      started: float) -> tuple[dict, float]:
+    """Sync (or, with ``rebuild``, rebuild) the collection from the stored embeddings and details:
+    (the session's stats, seconds spent reading and preparing the points)."""
+    embeddings = load_embeddings(base_dir)
+    ids = np.asarray(embeddings["movieId"], dtype=np.int64)
+    points = {"vectors": embeddings.pop("vector"), "payloads": movie_payloads(ids, _details(base_dir))}
+    del embeddings  # its text hashes (21 MB at 32M) are not needed while the index is built
+    prepared = time.perf_counter() - started
+    # vectors and payloads are handed over (popped: no other reference here), so the session frees
+    # them once the engine holds its copy, before the index is built
+    if config.rebuild:
+        return {**session.rebuild(collection, ids, points.pop("vectors"), points.pop("payloads"), model=model),
+                "action": "rebuilt", "reason": "rebuild requested in the run config", "upserted": len(ids)}, prepared
+    return session.sync(collection, ids, points.pop("vectors"), points.pop("payloads"), model=model,
+                        max_changed_share=config.max_changed_share), prepared
