@@ -156,14 +156,18 @@ class Fetch:
             pending = self._refill(executor, queue, set())
             while pending:
                 finished, pending = wait(pending, timeout=_PROGRESS_EVERY_SECONDS, return_when=FIRST_COMPLETED)
-                for future in finished:
+                rejected = None
+                for future in finished:  # every finished fetch is counted, also one beside a 401
                     try:
                         outcome = future.result()
                     except AuthRejected as exc:
-                        self._stop(pending)
-                        raise self._auth_error(exc) from None
+                        rejected = rejected or exc
+                        continue
                     done += 1
                     self.account(outcome)
+                if rejected is not None:
+                    self._stop(pending)
+                    raise self._auth_error(rejected) from None
                 pending = self._refill(executor, queue, pending)
                 if log is not None and time.monotonic() - last_progress >= _PROGRESS_EVERY_SECONDS:
                     last_progress = time.monotonic()
@@ -186,9 +190,14 @@ class Fetch:
         return pending
 
     def _stop(self, pending: set[Future]) -> None:
+        """Cancel what has not started; a fetch already running ends (the cancel flag stops its retries)
+        and is counted when it cached a body, so the report matches the cache."""
         self.cancel.set()
         for other in pending:
             other.cancel()
+        for other in wait(pending).done:
+            if not other.cancelled() and other.exception() is None and other.result().kind == "fetched":
+                self.account(other.result())
         self._close_report()
 
     def _auth_error(self, exc: AuthRejected) -> TmdbAuthError:
