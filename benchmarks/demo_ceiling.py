@@ -56,12 +56,10 @@ from rcmd_pipeline.evaluation import TransitionSettings, build_eval_transitions,
 from rcmd_pipeline.evaluation.report import hit_ratio_interval  # noqa: E402
 from rcmd_pipeline.evaluation.tuning import validation_split  # noqa: E402
 from rcmd_pipeline.recommenders.history import build_queries  # noqa: E402
-from rcmd_pipeline.recommenders.learned import (  # noqa: E402
-    NextMovieRecommender,
-    PopularityRecommender,
-    training_window,
-)
-from rcmd_pipeline.recommenders.sequence import PrevOnly  # noqa: E402
+from rcmd_pipeline.recommenders.next_movie import NextMovieRecommender  # noqa: E402
+from rcmd_pipeline.recommenders.popularity import PopularityRecommender  # noqa: E402
+from rcmd_pipeline.recommenders.seq_hybrid import PrevOnly  # noqa: E402
+from rcmd_pipeline.recommenders.training import training_window  # noqa: E402
 
 DEMO = ROOT / "data" / "demo"
 K = 10
