@@ -167,11 +167,10 @@ class SequenceChoice:
 def _fits(name: str, train: tuple, fit_grid: dict, fixed: dict):
     """(fit parameters, fitted state) for every point of ``fit_grid``; SLIST's Gram matrices are
     computed once per window and solved per (alpha, reg), item-kNN's co-occurrences once per window."""
-    if name == "item_knn" and set(fit_grid) <= {"window", "shrink"} and "shrink" in fit_grid:
-        for window in (fit_grid.get("window") or [fixed.get("window", 10)]):
-            params = [{**({"window": window} if "window" in fit_grid else {}), "shrink": s} for s in fit_grid["shrink"]]
-            states = ItemKNN.fit_shrinks(*train, shrinks=fit_grid["shrink"], **{**fixed, "window": window})
-            yield from zip(params, states, strict=True)
+    if name == "item_knn" and list(fit_grid) == ["window", "shrink"]:  # expand_grid's order: window-major
+        for window in fit_grid["window"]:
+            states = ItemKNN.fit_shrinks(*train, shrinks=fit_grid["shrink"], window=window, **fixed)
+            yield from zip(({"window": window, "shrink": s} for s in fit_grid["shrink"]), states, strict=True)
             del states
         return
     if name != "slist":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rcmd_pipeline.recommenders.pair_table import _NeighbourModel, _pair_table, _pair_tables
+from rcmd_pipeline.recommenders.pair_table import _NeighbourModel, _pair_tables
 
 
 class ItemKNN(_NeighbourModel):
@@ -21,21 +21,16 @@ class ItemKNN(_NeighbourModel):
     @staticmethod
     def fit(users, movies, times, window: int = 10, shrink: float = 10.0, top_k: int = 200,
             **kwargs) -> dict[str, np.ndarray]:
-        if not 1 <= window <= 50:
-            raise ValueError(f"window must be between 1 and 50, got {window}")
-        if shrink < 0:
-            raise ValueError(f"shrink must be >= 0, got {shrink}")
-        return _pair_table(users, movies, times, np.ones(window, dtype=np.int64), 1, symmetric=True,
-                           top_k=top_k, shrink=float(shrink), **kwargs)
+        return ItemKNN.fit_shrinks(users, movies, times, [shrink], window=window, top_k=top_k, **kwargs)[0]
 
     @staticmethod
     def fit_shrinks(users, movies, times, shrinks, window: int = 10, top_k: int = 200,
                     **kwargs) -> list[dict[str, np.ndarray]]:
-        """:meth:`fit` for each of ``shrinks`` (same states), the co-occurrences counted once."""
+        """:meth:`fit` for each of ``shrinks`` (the same states), the co-occurrences counted once."""
+        if not 1 <= window <= 50:
+            raise ValueError(f"window must be between 1 and 50, got {window}")
         for shrink in shrinks:
             if shrink < 0:
                 raise ValueError(f"shrink must be >= 0, got {shrink}")
-        if not 1 <= window <= 50:
-            raise ValueError(f"window must be between 1 and 50, got {window}")
         return _pair_tables(users, movies, times, np.ones(window, dtype=np.int64), 1, symmetric=True, top_k=top_k,
                             shrinks=[float(s) for s in shrinks], **kwargs)
