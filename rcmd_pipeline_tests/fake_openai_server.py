@@ -55,6 +55,7 @@ class JsonPostServer:
                 except ValueError:
                     body = {}
                 headers = {k.lower(): v for k, v in self.headers.items()}
+                headers["x-test-peer"] = f"{self.client_address[0]}:{self.client_address[1]}"  # the connection
                 status, payload, extra = owner.post(self.path, headers, body)
                 data = json.dumps(payload).encode()
                 self.send_response(status)
@@ -118,14 +119,16 @@ class FakeOpenAIServer(JsonPostServer):
     401 for a wrong key (echoing the key, as a careless proxy might), and 429 ``insufficient_quota``
     to every request once ``quota_exhausted`` is set. Vectors are deterministic,
     unnormalised, ``dim`` long (or ``dimensions`` when the request asks), and listed in reverse
-    order (the client must sort by ``index``). ``log`` holds one entry per request.
+    order (the client must sort by ``index``), as base64 float32 when asked unless ``floats_only``.
+``log`` holds one entry per request, ``requests`` its headers, encoding and connection (``peer``).
     """
 
     def __init__(self, *, tokens=realistic_tokens, rate_limited: int = 0, retry_after: str = "1",
-                 fail_500: int = 0, dim: int = 8, key: str = SERVER_KEY):
+                 fail_500: int = 0, dim: int = 8, key: str = SERVER_KEY, floats_only: bool = False):
         super().__init__(name="fake-openai")
         self.tokens, self.rate_limited, self.retry_after = tokens, rate_limited, retry_after
         self.fail_500, self.dim, self.key = fail_500, dim, key
+        self.floats_only = floats_only  # answer lists of floats even when base64 is asked (some servers do)
         self.quota_exhausted = False
         self.log: list[dict] = []
         self.requests: list[dict] = []
@@ -134,7 +137,8 @@ class FakeOpenAIServer(JsonPostServer):
     def post(self, path: str, headers: dict[str, str], body: dict):
         status, payload, extra = self.answer(path, headers.get("authorization", ""), body)
         with self.lock:
-            self.requests.append({"path": path, "headers": headers, "status": status, "inputs": body.get("input")})
+            self.requests.append({"path": path, "headers": headers, "status": status, "inputs": body.get("input"),
+                                  "encoding_format": body.get("encoding_format"), "peer": headers.get("x-test-peer")})
         return status, payload, list(extra.items())
 
     def vector(self, text: str, dim: int | None = None) -> np.ndarray:
@@ -191,8 +195,8 @@ class FakeOpenAIServer(JsonPostServer):
         data = []
         for i, text in enumerate(texts):
             vec = self.vector(text, dim)
-            emb = (base64.b64encode(vec.tobytes()).decode() if body.get("encoding_format") == "base64"
-                   else vec.tolist())
+            emb = (base64.b64encode(vec.tobytes()).decode()
+                   if body.get("encoding_format") == "base64" and not self.floats_only else vec.tolist())
             data.append({"object": "embedding", "index": i, "embedding": emb})
         data.reverse()
         return 200, {"object": "list", "data": data, "model": body.get("model"),

@@ -34,6 +34,7 @@ from rcmd_pipeline.resources.embedder import (
 from rcmd_pipeline_tests.fake_openai_server import (
     SERVER_KEY,
     FakeOpenAIServer,
+    JsonPostServer,
     free_port,
     realistic_tokens,
     worst_case_tokens,
@@ -219,6 +220,43 @@ def test_many_short_texts_are_split_by_input_count():
     # the server lists rows in reverse: the client must sort them by index
     np.testing.assert_allclose(vectors, normalised([server.vector(t) for t in texts]), atol=1e-6)
     assert embedder.dimension() == 8
+
+
+def test_vectors_travel_as_base64_over_one_connection_and_a_float_answer_still_works():
+    texts = [f"영화 {i}번의 줄거리" for i in range(40)]
+    with FakeOpenAIServer() as server:
+        embedder = fast(server)
+        chunks = [embedder.embed(texts[i:i + 10]) for i in range(0, 40, 10)]  # four calls, as the asset makes
+    assert [r["encoding_format"] for r in server.requests] == ["base64"] * 4
+    assert len({r["peer"] for r in server.requests}) == 1  # one client, its connection kept between calls
+    np.testing.assert_allclose(np.vstack(chunks), normalised([server.vector(t) for t in texts]), atol=1e-6)
+    with FakeOpenAIServer(floats_only=True) as server:  # a compatible server that ignores encoding_format
+        vectors = fast(server).embed(texts)
+    np.testing.assert_allclose(vectors, normalised([server.vector(t) for t in texts]), atol=1e-6)
+
+
+def test_a_changed_address_gets_a_new_client(monkeypatch):
+    """Outside a run an ``EnvVar`` field resolves at each call: the reused client follows it."""
+    with FakeOpenAIServer() as first, FakeOpenAIServer() as second:
+        embedder = OpenAIEmbedder(api_key=SERVER_KEY, base_url=EnvVar("RCMD_TEST_EMBEDDINGS_URL"))
+        monkeypatch.setenv("RCMD_TEST_EMBEDDINGS_URL", first.url)
+        embedder.embed(["하나"])
+        monkeypatch.setenv("RCMD_TEST_EMBEDDINGS_URL", second.url)
+        embedder.embed(["둘"])
+    assert len(first.requests) == 1 and len(second.requests) == 1
+
+
+class _NotAnEmbeddingsServer(JsonPostServer):
+    """Answers 200 with a body that is not the API's embeddings list (a misrouted gateway)."""
+
+    def post(self, path, headers, body):
+        return 200, {"result": "ok"}, []
+
+
+def test_an_answer_that_is_not_an_embeddings_list_is_a_clear_error():
+    with _NotAnEmbeddingsServer() as server:
+        with pytest.raises(EmbedderError, match=r"127\.0\.0\.1.*not an embeddings list"):
+            OpenAIEmbedder(api_key=SERVER_KEY, base_url=server.url).embed(["하나"])
 
 
 def test_long_korean_texts_are_packed_under_the_token_budget():
