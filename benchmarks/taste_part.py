@@ -1,5 +1,8 @@
 """A user's taste from their rating VALUES: a per-user ridge regression of the rating on the movie's genres.
 
+Tried for issue 10 as a part of ``seq_hybrid`` and not kept (``docs/evaluation.md``): it lives here,
+beside ``eval_real_small.py --taste`` which measures it, not in the pipeline.
+
 The sequence models read which movies a user rated and in what order; none reads how much the user
 liked them. A rating says that directly: on the demo the value is 1 + 2.2 x appeal + noise, where
 appeal is 0.3 + the user's mean taste over the movie's genres (``demo/generate.py``), and real
