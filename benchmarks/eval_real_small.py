@@ -35,9 +35,16 @@ sys.path.insert(0, str(ROOT))
 
 from rcmd_pipeline.evaluation.metrics import hits_at_k  # noqa: E402
 from rcmd_pipeline.evaluation.report import hit_ratio_interval, mcnemar_exact  # noqa: E402
+from rcmd_pipeline.evaluation.transitions import TransitionSettings  # noqa: E402
 from rcmd_pipeline.evaluation.tuning import (  # noqa: E402
+    BLEND_PARTS,
     TUNING_MAX_RATINGS,
+    _next_movie_lists,
+    _validation_window,
     choose_sequence_parameters,
+    expand_grid,
+    most_recent,
+    tune_blend,
     validation_split,
 )
 from rcmd_pipeline.recommenders.history import HISTORY_BINS, build_queries, history_bin_labels  # noqa: E402
@@ -50,8 +57,12 @@ from rcmd_pipeline.recommenders.sequence import fit_model, load_model  # noqa: E
 from rcmd_pipeline.recommenders.slist import SLIST  # noqa: E402
 from rcmd_pipeline.recommenders.training import training_window  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from taste_part import Taste, genre_matrix  # noqa: E402  (tried for issue 10, not in the pipeline)
+
 REAL = ROOT.parent / "shared" / "data" / "real-movies-small" / "ratings_small.csv"
 DEMO = ROOT / "data" / "demo" / "ratings.csv"
+DEMO_MOVIES = ROOT / "data" / "demo" / "movies.csv"
 K = 10
 MAX_LEN = 100_000  # whole histories: exclude_seen must see every earlier rating
 
@@ -63,6 +74,9 @@ FULL_GRIDS = {
 }
 """``--full-grid``: the larger grid the asset's grid was cut from (same winners on both data sets)."""
 SLIST_ITEMS = {"min_count": 5, "max_items": 3000}  # sequence_tuning's defaults
+TASTE_FIT_GRID = {"reg": [0.3, 3.0, 30.0]}
+TASTE_QUERY_GRID = {"a": [0.5, 1.0], "b": [1.0, 2.0, 4.0], "shape": ["exp", "power"], "exclude_seen": [True]}
+"""``--taste``: the user-taste part (``benchmarks/taste_part.py``) tried on validation like the sequence models."""
 DEPTH = 50
 
 
@@ -72,7 +86,70 @@ def _load(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             frame["timestamp"].to_numpy(np.int64))
 
 
-def evaluate(label: str, users, movies, times, min_movie_ratings: int, eval_size: int, full_grid: bool = False) -> dict:
+def _rating_values(path: Path) -> np.ndarray:
+    """The ``rating`` column, aligned with :func:`_load`'s arrays (only ``--taste`` reads it)."""
+    frame = pd.read_parquet(path, columns=["rating"]) if path.suffix == ".parquet" else pd.read_csv(
+        path, usecols=["rating"])
+    return frame["rating"].to_numpy(np.float32)
+
+
+def _demo_genres() -> tuple[np.ndarray, np.ndarray]:
+    movies = pd.read_csv(DEMO_MOVIES)
+    ids, _, matrix = genre_matrix(movies["movieId"].to_numpy(np.int64), list(movies["genres"]))
+    return ids, matrix
+
+
+def _real_genres() -> tuple[np.ndarray, np.ndarray]:
+    """movies.csv's genres as ``make_real_small_dataset.py`` writes them (TMDB genres, built in memory)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import make_real_small_dataset as real_small
+
+    src = real_small.load_source(REAL.parent)
+    links = src["links"]
+    links = links[links["movieId"].astype(int).isin(src["rated"])]
+    rows = real_small.movies_rows(src, links)
+    ids, _, matrix = genre_matrix(np.array([r[0] for r in rows], dtype=np.int64), [r[2] for r in rows])
+    return ids, matrix
+
+
+def _taste_part(users, movies, times, values, genres, split, choice, min_movie_ratings: int, eval_size: int,
+                say) -> dict:
+    """The taste model tried as the sequence models are: every (fit x query) setting fitted before the
+    validation window and scored on it, the best refitted before the evaluation window; the blend
+    re-tuned on validation with it as a fifth part. Nothing here reads the evaluation window's answers."""
+    settings = TransitionSettings(min_movie_ratings=min_movie_ratings, eval_size=eval_size)
+    vq, v_actual, v_train, tuning_cutoff = _validation_window(lambda: (users, movies, times), split.final_cutoff,
+                                                              settings, MAX_LEN, TUNING_MAX_RATINGS)
+    before = times < tuning_cutoff
+    t_window = most_recent((users[before], movies[before], times[before], values[before]), TUNING_MAX_RATINGS)
+    rows, best = [], None
+    for fit_params in expand_grid(TASTE_FIT_GRID):
+        state = Taste.fit(*t_window, *genres, **fit_params)
+        for query in expand_grid(TASTE_QUERY_GRID):
+            hr = float(hits_at_k(Taste.from_state(state, **query).recommend_queries(vq, K), v_actual, K).mean())
+            rows.append({**fit_params, **query, "hit_ratio": hr})
+            if best is None or hr > best[0]:
+                best = (hr, fit_params, query, state)
+    hr, fit_params, query, state = best
+    say(f"taste: {fit_params} {query} scores {hr:.4f} on validation ({len(rows)} settings)")
+    lists = {"next_movie": _next_movie_lists(v_train, vq, max(DEPTH, K))}
+    for name in ("seq_rules", "item_knn", "slist"):
+        lists[name] = load_model(name, fit_model(name, *v_train, choice.chosen[name])).recommend_queries(
+            vq, max(DEPTH, K))
+    four = tune_blend({n: lists[n] for n in BLEND_PARTS}, vq, v_actual, K, exclude_seen=True)
+    assert four.params == choice.chosen["seq_hybrid"], (four.params, choice.chosen["seq_hybrid"])
+    lists["taste"] = Taste.from_state(state, **query).recommend_queries(vq, max(DEPTH, K))
+    five = tune_blend({n: lists[n] for n in (*BLEND_PARTS, "taste")}, vq, v_actual, K, exclude_seen=True)
+    say(f"seq_hybrid with taste: weights {five.params} score {five.hit_ratio:.4f} on validation")
+    final = times < split.final_cutoff
+    model = Taste.from_state(Taste.fit(users[final], movies[final], times[final], values[final], *genres,
+                                       **fit_params), **query)
+    return {"model": model, "weights": five.params, "val_hr": hr, "val_hr_blend": five.hit_ratio,
+            "chosen": {**fit_params, **query}, "table": pd.DataFrame(rows)}
+
+
+def evaluate(label: str, users, movies, times, min_movie_ratings: int, eval_size: int, full_grid: bool = False,
+             taste: tuple | None = None) -> dict:
     """What the pipeline does: ``sequence_tuning`` (choose_sequence_parameters), the model assets'
     refit before the evaluation window, one scoring of every strategy on the evaluation pairs."""
     started = time.perf_counter()
@@ -91,9 +168,19 @@ def evaluate(label: str, users, movies, times, min_movie_ratings: int, eval_size
                 for name in ("seq_rules", "item_knn", "slist")}}
     hybrid = SequenceHybrid(parts, choice.chosen["seq_hybrid"], depth=DEPTH, exclude_seen=True)
     val_hr = dict(choice.validation_hit_ratio)
+    strategies = {"popularity": PrevOnly(popularity), **parts, "seq_hybrid": hybrid}
+    extra = {}
+    if taste is not None:  # (rating values, genre table)
+        part = _taste_part(users, movies, times, taste[0], taste[1], split, choice, min_movie_ratings, eval_size,
+                           lambda line: print(f"  [{label}] {line}", flush=True))
+        strategies["taste"] = part["model"]
+        strategies["seq_hybrid+taste"] = SequenceHybrid({**parts, "taste": part["model"]}, part["weights"],
+                                                        depth=DEPTH, exclude_seen=True)
+        val_hr["taste"], val_hr["seq_hybrid+taste"] = part["val_hr"], part["val_hr_blend"]
+        extra = {"taste_chosen": part["chosen"], "blend_with_taste": part["weights"]}
+        print(part["table"].sort_values("hit_ratio", ascending=False).head(8).to_string(index=False))
 
     # ---- the one scoring on the evaluation window
-    strategies = {"popularity": PrevOnly(popularity), **parts, "seq_hybrid": hybrid}
     hits = {n: hits_at_k(s.recommend_queries(eq, K), e_actual, K) for n, s in strategies.items()}
     bins = history_bin_labels(eq)
     base = hits["next_movie"]
@@ -105,6 +192,9 @@ def evaluate(label: str, users, movies, times, min_movie_ratings: int, eval_size
                "high": high, "x_next_movie": float(h.mean() / base.mean()) if base.mean() > 0 else float("nan"),
                "p_vs_next_movie": test["p_value"] if name != "next_movie" else float("nan"),
                "b": test["b"], "c": test["c"]}
+        if "seq_hybrid+taste" in hits and name in ("taste", "seq_hybrid+taste"):
+            versus = mcnemar_exact(h, hits["seq_hybrid"])
+            row.update({"p_vs_seq_hybrid": versus["p_value"], "b_h": versus["b"], "c_h": versus["c"]})
         for _, _, bl in HISTORY_BINS:
             sel = bins == bl
             row[f"hr[{bl}]"] = float(h[sel].mean()) if sel.any() else float("nan")
@@ -120,7 +210,7 @@ def evaluate(label: str, users, movies, times, min_movie_ratings: int, eval_size
         "evaluation_users": int(split.evaluation["userId"].nunique()),
         "history_bins_n": {bl: int((bins == bl).sum()) for _, _, bl in HISTORY_BINS},
         "chosen": choice.chosen, "best_on_validation": best_on_val, "best_single_part_on_validation": best_part,
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(time.perf_counter() - started, 1), **extra,
     }
     return {"summary": summary, "table": table}
 
@@ -136,6 +226,8 @@ def print_result(result: dict) -> None:
     print("best on validation:", s["best_on_validation"], "| hybrid's best single part on validation:",
           s["best_single_part_on_validation"])
     print("chosen:", json.dumps(s["chosen"], default=str))
+    if "taste_chosen" in s:
+        print("taste chosen:", json.dumps(s["taste_chosen"]), "| blend with taste:", json.dumps(s["blend_with_taste"]))
 
 
 def _narrowest(low: int, high: int) -> type:
@@ -284,6 +376,8 @@ def main() -> None:
     ap.add_argument("--real-min-ratings", type=int, default=20)
     ap.add_argument("--real-eval-size", type=int, default=1000)
     ap.add_argument("--full-grid", action="store_true", help="tune on the larger grid the asset's was cut from")
+    ap.add_argument("--taste", action="store_true",
+                    help="also tune the user-taste part (rating values x genres) and blend it in as a fifth part")
     ap.add_argument("--scale", help="a 32M-row ratings.parquet: time each fit in its own process")
     ap.add_argument("--fit-one", nargs=2, metavar=("PARQUET", "STRATEGY"),
                     help="one fit in this process: load the training window compactly, fit, print time and RSS")
@@ -304,12 +398,14 @@ def main() -> None:
         return
     if args.data in ("real", "both"):
         if REAL.exists():
+            taste = (_rating_values(REAL), _real_genres()) if args.taste else None
             print_result(evaluate("real ratings_small", *_load(REAL), args.real_min_ratings, args.real_eval_size,
-                                  args.full_grid))
+                                  args.full_grid, taste))
         else:
             print(f"{REAL} is absent: skipping the real data set")
     if args.data in ("demo", "both"):
-        print_result(evaluate("demo", *_load(DEMO), 1000, 3000, args.full_grid))
+        taste = (_rating_values(DEMO), _demo_genres()) if args.taste else None
+        print_result(evaluate("demo", *_load(DEMO), 1000, 3000, args.full_grid, taste))
     if args.scale:
         cutoff = _cutoff_in_child(args.scale)
         for name in (n for n in FIT_ONE_PARAMS if n != "next_movie"):
