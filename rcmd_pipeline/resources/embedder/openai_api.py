@@ -6,7 +6,6 @@ and the key never reaches a message or a log. The reasons for each rule are in
 ``docs/embedder.md``.
 """
 
-import base64
 import binascii
 import logging
 import random
