@@ -328,6 +328,22 @@ def test_top_k_order_is_exact_where_float32_merges_values():
     assert keep.tolist() == order[place < 7].tolist()
 
 
+def test_pair_tables_counted_by_two_threads_equal_one_thread(monkeypatch):
+    from rcmd_pipeline.recommenders import pair_table
+
+    users, movies, times = _random_ratings(13)
+    monkeypatch.setattr(pair_table, "_THREADS", 1)
+    reference = {name: fit(users, movies, times, **BLOCKINGS[1])
+                 for name, fit in (("sr", SequentialRules.fit), ("knn", ItemKNN.fit))}
+    monkeypatch.setattr(pair_table, "_THREADS", 2)
+    monkeypatch.setattr(pair_table, "_THREAD_MIN_RATINGS", 1)
+    for blocking in BLOCKINGS:
+        for name, fit in (("sr", SequentialRules.fit), ("knn", ItemKNN.fit)):
+            state = fit(users, movies, times, **blocking)
+            for key, value in reference[name].items():
+                assert np.array_equal(state[key], value), (name, key, blocking)
+
+
 def test_sequences_are_ordered_by_user_time_movie_in_user_blocks():
     from rcmd_pipeline.recommenders.user_sequences import _sequences
 

@@ -10,6 +10,8 @@ one packed-key argsort before the next block. The result equals the straightforw
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -207,27 +209,49 @@ def _source_groups(seq: _Sequences, n_shifts: int, block_codes: int) -> list[lis
 
 def _kept_pairs(seq: _Sequences, specs: list[_PairSpec], block_codes: int, dense_cells: int):
     """Per block of source movies, for each spec (they differ only in ``shrink``): (source rank, place
-    among its targets, target rank, value) of each source's ``top_k`` best targets, best first."""
+    among its targets, target rank, value) of each source's ``top_k`` best targets, best first.
+
+    Groups of blocks are independent (a source's targets are all in its block), so :data:`_THREADS`
+    threads take them in turn (NumPy's sorts, gathers and arithmetic run without the GIL); each
+    thread's blocks are ``block_codes / threads``, so the memory in flight stays that of one block.
+    """
+    threads = max(1, min(_THREADS, len(seq.movie) // _THREAD_MIN_RATINGS))
+    groups = _source_groups(seq, len(specs[0].shifts), max(1, block_codes // threads))
+    if threads == 1:
+        for group in groups:
+            yield from _group_kept(seq, specs, group, dense_cells)
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="pair-table") as pool:
+        for kept in pool.map(lambda group: list(_group_kept(seq, specs, group, dense_cells)), groups):
+            yield from kept
+
+
+_THREADS = max(1, min(2, os.cpu_count() or 1))
+"""Threads counting a pair table (two: the 2-core machines this runs on; more cores would need the
+block memory budget spread further)."""
+_THREAD_MIN_RATINGS = 1_000_000  # below this a second thread costs more than it saves
+
+
+def _group_kept(seq: _Sequences, specs: list[_PairSpec], group: list[tuple[int, int]], dense_cells: int):
+    """:func:`_kept_pairs` for one group of blocks: one scan finds the group's positions, then each block's."""
     spec = specs[0]
     m, counts = len(seq.ids_by_rank), seq.counts_by_rank
-    for group in _source_groups(seq, len(spec.shifts), block_codes):
-        g_lo, g_hi = group[0][0], group[-1][1]
-        g_pos = np.flatnonzero((seq.movie >= g_lo) & (seq.movie < g_hi))
-        g_movie = seq.movie[g_pos]
-        for lo, hi in group:
-            pos = g_pos[(g_movie >= lo) & (g_movie < hi)] if len(group) > 1 else g_pos
-            n_codes = int(counts[lo:hi].sum()) * len(spec.shifts)
-            dense = (hi - lo) * m <= min(dense_cells, n_codes)
-            pair, weight = _block_pairs(seq, pos, lo, spec, dense)
-            del pos
-            if len(pair) == 0:
-                continue
-            src, dst = pair // m, pair % m
-            del pair
-            kept = [_top_k(src, dst, weight, lo, counts, one) for one in specs]
-            del src, dst, weight
-            yield kept
-        del g_pos, g_movie
+    g_lo, g_hi = group[0][0], group[-1][1]
+    g_pos = np.flatnonzero((seq.movie >= g_lo) & (seq.movie < g_hi))
+    g_movie = seq.movie[g_pos]
+    for lo, hi in group:
+        pos = g_pos[(g_movie >= lo) & (g_movie < hi)] if len(group) > 1 else g_pos
+        n_codes = int(counts[lo:hi].sum()) * len(spec.shifts)
+        dense = (hi - lo) * m <= min(dense_cells, n_codes)
+        pair, weight = _block_pairs(seq, pos, lo, spec, dense)
+        del pos
+        if len(pair) == 0:
+            continue
+        src, dst = pair // m, pair % m
+        del pair
+        kept = [_top_k(src, dst, weight, lo, counts, one) for one in specs]
+        del src, dst, weight
+        yield kept
 
 
 def _top_k(src: np.ndarray, dst: np.ndarray, weight: np.ndarray, lo: int, counts: np.ndarray,
