@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from machine import print_machine  # noqa: E402
 
-from rcmd_pipeline.resources.vector_store import EmbeddedQdrantStore  # noqa: E402
+from rcmd_pipeline.resources.vector_store import EmbeddedQdrantStore, embedded  # noqa: E402
 
 COLLECTION = "movie_emb_kr"
 MODEL = "bench/random-clusters"
@@ -83,8 +83,13 @@ def main() -> None:
     parser.add_argument("--rebuild-repeat", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=None, help="store folder (default: a temporary one)")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--ef-construct", type=int, default=None,
+                        help="HNSW ef_construct to build with instead of the store's (a trial; recall is printed)")
     args = parser.parse_args()
     machine = print_machine()
+    if args.ef_construct is not None:
+        embedded.HNSW_EF_CONSTRUCT = args.ef_construct
+    print(f"HNSW m={embedded.HNSW_M}, ef_construct={embedded.HNSW_EF_CONSTRUCT}", flush=True)
 
     t = time.perf_counter()
     rng, ids, vectors, payloads = make_data(args.points, args.dimension)
