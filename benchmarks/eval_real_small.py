@@ -35,15 +35,29 @@ sys.path.insert(0, str(ROOT))
 
 from rcmd_pipeline.evaluation.metrics import hits_at_k  # noqa: E402
 from rcmd_pipeline.evaluation.report import hit_ratio_interval, mcnemar_exact  # noqa: E402
+from rcmd_pipeline.evaluation.transitions import TransitionSettings  # noqa: E402
 from rcmd_pipeline.evaluation.tuning import (  # noqa: E402
     TUNING_MAX_RATINGS,
+    _next_movie_lists,
+    _validation_window,
     choose_sequence_parameters,
+    expand_grid,
     validation_split,
 )
 from rcmd_pipeline.recommenders.history import HISTORY_BINS, build_queries, history_bin_labels  # noqa: E402
 from rcmd_pipeline.recommenders.item_knn import ItemKNN  # noqa: E402
 from rcmd_pipeline.recommenders.next_movie import NextMovieRecommender  # noqa: E402
 from rcmd_pipeline.recommenders.popularity import PopularityRecommender  # noqa: E402
+from rcmd_pipeline.recommenders.rerank import (  # noqa: E402
+    Reranker,
+    candidates,
+    features,
+    fit_conditional_logit,
+    history_band,
+    log_counts,
+    part_scores,
+    rank_candidates,
+)
 from rcmd_pipeline.recommenders.seq_hybrid import PrevOnly, SequenceHybrid  # noqa: E402
 from rcmd_pipeline.recommenders.seq_rules import SequentialRules  # noqa: E402
 from rcmd_pipeline.recommenders.sequence import fit_model, load_model  # noqa: E402
@@ -72,7 +86,8 @@ def _load(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             frame["timestamp"].to_numpy(np.int64))
 
 
-def evaluate(label: str, users, movies, times, min_movie_ratings: int, eval_size: int, full_grid: bool = False) -> dict:
+def evaluate(label: str, users, movies, times, min_movie_ratings: int, eval_size: int, full_grid: bool = False,
+             rerank: bool = False) -> dict:
     """What the pipeline does: ``sequence_tuning`` (choose_sequence_parameters), the model assets'
     refit before the evaluation window, one scoring of every strategy on the evaluation pairs."""
     started = time.perf_counter()
@@ -91,9 +106,16 @@ def evaluate(label: str, users, movies, times, min_movie_ratings: int, eval_size
                 for name in ("seq_rules", "item_knn", "slist")}}
     hybrid = SequenceHybrid(parts, choice.chosen["seq_hybrid"], depth=DEPTH, exclude_seen=True)
     val_hr = dict(choice.validation_hit_ratio)
+    extra = {}
+    rerank_info = None
+    if rerank:
+        reranker, rerank_info = choose_rerank(label, users, movies, times, split.final_cutoff, min_movie_ratings,
+                                              eval_size, choice.chosen, final_train, parts)
+        extra["seq_rerank"] = reranker
+        val_hr["seq_rerank"] = rerank_info["inner_hit_ratio"]
 
     # ---- the one scoring on the evaluation window
-    strategies = {"popularity": PrevOnly(popularity), **parts, "seq_hybrid": hybrid}
+    strategies = {"popularity": PrevOnly(popularity), **parts, "seq_hybrid": hybrid, **extra}
     hits = {n: hits_at_k(s.recommend_queries(eq, K), e_actual, K) for n, s in strategies.items()}
     bins = history_bin_labels(eq)
     base = hits["next_movie"]
@@ -105,6 +127,10 @@ def evaluate(label: str, users, movies, times, min_movie_ratings: int, eval_size
                "high": high, "x_next_movie": float(h.mean() / base.mean()) if base.mean() > 0 else float("nan"),
                "p_vs_next_movie": test["p_value"] if name != "next_movie" else float("nan"),
                "b": test["b"], "c": test["c"]}
+        if rerank:
+            vs = mcnemar_exact(h, hits["seq_hybrid"])
+            row.update({"p_vs_seq_hybrid": vs["p_value"] if name != "seq_hybrid" else float("nan"),
+                        "b_h": vs["b"], "c_h": vs["c"]})
         for _, _, bl in HISTORY_BINS:
             sel = bins == bl
             row[f"hr[{bl}]"] = float(h[sel].mean()) if sel.any() else float("nan")
@@ -122,7 +148,118 @@ def evaluate(label: str, users, movies, times, min_movie_ratings: int, eval_size
         "chosen": choice.chosen, "best_on_validation": best_on_val, "best_single_part_on_validation": best_part,
         "seconds": round(time.perf_counter() - started, 1),
     }
+    if rerank_info is not None:
+        summary["rerank"] = rerank_info
     return {"summary": summary, "table": table}
+
+
+# ---------------------------------------------------------------------------- --rerank
+
+RERANK_GRID = {"views": [False, True], "scores": [False, True], "interactions": [True], "l2": [1e-3, 1e-2, 1e-1]}
+"""The re-ranker's choices, made by the inner split of the validation window: the four blend parts
+alone or with their previous-movie-only views (``last_n`` 1, no refit), the sequence models' scores
+(divided by the query's best) beside their ranks, the L2 strength. The interaction features stay on:
+without them the inner split scored 0.000-0.002 lower at every other setting (a first run on the demo)."""
+VIEW = {"last_n": 1, "decay": "harmonic", "exclude_seen": True}
+
+
+def _part_lists(models: dict, names: list[str], queries, depth: int) -> dict[str, np.ndarray]:
+    return {n: np.asarray(models[n].recommend_queries(queries, depth), dtype=np.int64) for n in names}
+
+
+def _view_models(states: dict) -> dict:
+    """The previous-movie-only view of each fitted sequence model (same state, ``last_n`` 1)."""
+    from rcmd_pipeline.recommenders.sequence import MODELS
+    return {f"{n}@prev": MODELS[n].from_state(st, **VIEW) for n, st in states.items()}
+
+
+def choose_rerank(label: str, users, movies, times, final_cutoff: int, min_movie_ratings: int, eval_size: int,
+                  chosen: dict, final_train: tuple, final_parts: dict) -> tuple[Reranker, dict]:
+    """The re-ranker chosen and fitted on the validation window only, then built over the parts refitted
+    before the evaluation window (``final_parts``; their states for the views are refitted here).
+
+    Validation: the chosen parts (``choose_sequence_parameters``' values) fitted on the tuning window,
+    their top-``DEPTH`` lists on the validation queries. Inner split: the validation pairs in time
+    order, first half / second half; each grid point is fitted on one half and scored (HitRatio@10)
+    on the other, both ways; the best mean (ties: the earlier point) is refitted on all validation
+    pairs. The evaluation window is not read here.
+    """
+    say = lambda line: print(f"  [{label}] rerank: {line}", flush=True)  # noqa: E731
+    started = time.perf_counter()
+    queries, actual, train, _ = _validation_window(
+        lambda: (users, movies, times), final_cutoff,
+        TransitionSettings(min_movie_ratings=min_movie_ratings, eval_size=eval_size), MAX_LEN, TUNING_MAX_RATINGS)
+    names = ["seq_rules", "item_knn", "slist"]
+    states = {n: fit_model(n, *train, chosen[n]) for n in names}
+    models = {n: load_model(n, st) for n, st in states.items()}
+    models.update(_view_models(states))
+    lists = {"next_movie": _next_movie_lists(train, queries, DEPTH), **_part_lists(models, list(models), queries,
+                                                                                   DEPTH)}
+    pop = PopularityRecommender(train[1])
+    base_names = ["next_movie", *names]
+    view_names = [f"{n}@prev" for n in names]
+    band = history_band(queries)
+    order = np.lexsort((np.arange(len(queries)), queries.times))
+    halves = (np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2:]))
+
+    def subset(idx: np.ndarray):
+        from rcmd_pipeline.recommenders.history import Queries
+        lengths = np.diff(queries.offsets)[idx]
+        offsets = np.zeros(len(idx) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        items = np.concatenate([queries.history(i) for i in idx]) if len(idx) else queries.items[:0]
+        q = Queries(queries.prev[idx], queries.users[idx], queries.times[idx], offsets, items,
+                    queries.n_earlier[idx])
+        return q, band[idx], actual[idx]
+
+    built = {}
+
+    def build(views: bool, scores: bool, interactions: bool, part: int | None):
+        key = (views, scores, interactions, part)
+        if key not in built:
+            use = base_names + (view_names if views else [])
+            idx = np.arange(len(queries)) if part is None else halves[part]
+            q, b, a = subset(idx)
+            c = candidates(q, [lists[n][idx] for n in use])
+            raw = part_scores(models, [n for n in use if n in models], q, c) if scores else None
+            x, cols = features(c, log_counts(pop.ranked_ids, pop.ranked_counts, c.ids), b, use, interactions, raw)
+            built[key] = (c, x, a, cols, use)
+        return built[key]
+
+    rows, best = [], None
+    for point in expand_grid(RERANK_GRID):
+        hrs = []
+        for fit_half in (0, 1):
+            c, x, a, _, _ = build(point["views"], point["scores"], point["interactions"], fit_half)
+            fitted = fit_conditional_logit(x, c, a, l2=point["l2"])
+            c2, x2, a2, _, _ = build(point["views"], point["scores"], point["interactions"], 1 - fit_half)
+            recs = rank_candidates(c2, ((x2 - fitted.mean) / fitted.std) @ fitted.weights, K)
+            hrs.append(float(hits_at_k(recs, a2, K).mean()))
+        hr = float(np.mean(hrs))
+        rows.append({**point, "hr_fit_first": hrs[0], "hr_fit_second": hrs[1], "inner_hr": hr})
+        say(f"{point} inner HR@10 {hr:.4f} (fit on first half -> second {hrs[0]:.4f}, second -> first {hrs[1]:.4f}; "
+            f"{time.perf_counter() - started:.0f} s)")
+        if best is None or hr > best[0]:
+            best = (hr, point)
+    c_all, x_all, a_all, cols, use = build(best[1]["views"], best[1]["scores"], best[1]["interactions"], None)
+    fitted = fit_conditional_logit(x_all, c_all, a_all, l2=best[1]["l2"])
+    recall = float(np.isin(np.arange(len(queries)), c_all.rows[c_all.ids == a_all[c_all.rows]]).mean())
+    weights = {n: round(float(w), 4) for n, w in zip(cols, fitted.weights, strict=True)}
+    say(f"chosen {best[1]}; fitted on all {len(queries)} validation pairs ({fitted.queries_used} with the next "
+        f"movie among the candidates: candidate recall {recall:.4f}; converged {fitted.converged})")
+
+    # the parts as the model assets would have them: refitted before the evaluation window
+    eval_parts = dict(final_parts)
+    if best[1]["views"]:
+        final_states = {n: fit_model(n, *final_train, chosen[n]) for n in names}
+        eval_parts.update(_view_models(final_states))
+    final_pop = PopularityRecommender(final_train[1])
+    reranker = Reranker(eval_parts, use, fitted, final_pop.ranked_ids, final_pop.ranked_counts,
+                        interactions=best[1]["interactions"], depth=DEPTH, use_scores=best[1]["scores"])
+    info = {"chosen": best[1], "inner_hit_ratio": best[0], "grid": rows, "validation_candidate_recall": recall,
+            "queries_used": fitted.queries_used, "weights": weights,
+            "seconds": round(time.perf_counter() - started, 1)}
+    return reranker, info
 
 
 def print_result(result: dict) -> None:
@@ -136,6 +273,11 @@ def print_result(result: dict) -> None:
     print("best on validation:", s["best_on_validation"], "| hybrid's best single part on validation:",
           s["best_single_part_on_validation"])
     print("chosen:", json.dumps(s["chosen"], default=str))
+    if "rerank" in s:
+        r = s["rerank"]
+        print("rerank chosen on the inner split:", r["chosen"], f"inner HR@10 {r['inner_hit_ratio']:.4f};",
+              f"validation candidate recall {r['validation_candidate_recall']:.4f};", f"{r['seconds']} s")
+        print("rerank weights (standardised features):", json.dumps(r["weights"]))
 
 
 def _narrowest(low: int, high: int) -> type:
@@ -284,6 +426,9 @@ def main() -> None:
     ap.add_argument("--real-min-ratings", type=int, default=20)
     ap.add_argument("--real-eval-size", type=int, default=1000)
     ap.add_argument("--full-grid", action="store_true", help="tune on the larger grid the asset's was cut from")
+    ap.add_argument("--rerank", action="store_true",
+                    help="also a learned re-ranker over the parts' lists (chosen by an inner split of validation)")
+    ap.add_argument("--json", help="write each data set's summary and table to this JSON file")
     ap.add_argument("--scale", help="a 32M-row ratings.parquet: time each fit in its own process")
     ap.add_argument("--fit-one", nargs=2, metavar=("PARQUET", "STRATEGY"),
                     help="one fit in this process: load the training window compactly, fit, print time and RSS")
@@ -302,14 +447,20 @@ def main() -> None:
     if args.tune_scale:
         _tune_scale(args.tune_scale)
         return
+    results = []
     if args.data in ("real", "both"):
         if REAL.exists():
-            print_result(evaluate("real ratings_small", *_load(REAL), args.real_min_ratings, args.real_eval_size,
-                                  args.full_grid))
+            results.append(evaluate("real ratings_small", *_load(REAL), args.real_min_ratings,
+                                    args.real_eval_size, args.full_grid, args.rerank))
+            print_result(results[-1])
         else:
             print(f"{REAL} is absent: skipping the real data set")
     if args.data in ("demo", "both"):
-        print_result(evaluate("demo", *_load(DEMO), 1000, 3000, args.full_grid))
+        results.append(evaluate("demo", *_load(DEMO), 1000, 3000, args.full_grid, args.rerank))
+        print_result(results[-1])
+    if args.json and results:
+        Path(args.json).write_text(json.dumps([{"summary": r["summary"], "table": r["table"].to_dict("records")}
+                                               for r in results], default=str, indent=1))
     if args.scale:
         cutoff = _cutoff_in_child(args.scale)
         for name in (n for n in FIT_ONE_PARAMS if n != "next_movie"):
