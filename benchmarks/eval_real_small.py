@@ -4,6 +4,8 @@
     python benchmarks/eval_real_small.py --data real          # only ../shared/data/real-movies-small
     python benchmarks/eval_real_small.py --data demo          # only data/demo (study defaults 1000/3000)
     python benchmarks/eval_real_small.py --data demo --full-grid   # tune on the larger grid instead
+    python benchmarks/eval_real_small.py --data both --rerank      # also the learned re-ranker (seq_rerank)
+    python benchmarks/eval_real_small.py --data both --rerank --rerank-genres   # with a genre feature
     python benchmarks/eval_real_small.py --scale benchmarks/work/ml32m/ratings.parquet   # fit time/RSS
     python benchmarks/eval_real_small.py --data none --tune-scale benchmarks/work/ml32m/ratings.parquet
 
@@ -42,6 +44,7 @@ from rcmd_pipeline.evaluation.tuning import (  # noqa: E402
     _validation_window,
     choose_sequence_parameters,
     expand_grid,
+    tune_blend,
     validation_split,
 )
 from rcmd_pipeline.recommenders.history import HISTORY_BINS, build_queries, history_bin_labels  # noqa: E402
@@ -58,7 +61,7 @@ from rcmd_pipeline.recommenders.rerank import (  # noqa: E402
     part_scores,
     rank_candidates,
 )
-from rcmd_pipeline.recommenders.seq_hybrid import PrevOnly, SequenceHybrid  # noqa: E402
+from rcmd_pipeline.recommenders.seq_hybrid import PrevOnly, SequenceHybrid, blend_lists  # noqa: E402
 from rcmd_pipeline.recommenders.seq_rules import SequentialRules  # noqa: E402
 from rcmd_pipeline.recommenders.sequence import fit_model, load_model  # noqa: E402
 from rcmd_pipeline.recommenders.slist import SLIST  # noqa: E402
@@ -87,7 +90,7 @@ def _load(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def evaluate(label: str, users, movies, times, min_movie_ratings: int, eval_size: int, full_grid: bool = False,
-             rerank: bool = False) -> dict:
+             rerank: bool = False, genres: tuple | None = None) -> dict:
     """What the pipeline does: ``sequence_tuning`` (choose_sequence_parameters), the model assets'
     refit before the evaluation window, one scoring of every strategy on the evaluation pairs."""
     started = time.perf_counter()
@@ -110,7 +113,7 @@ def evaluate(label: str, users, movies, times, min_movie_ratings: int, eval_size
     rerank_info = None
     if rerank:
         reranker, rerank_info = choose_rerank(label, users, movies, times, split.final_cutoff, min_movie_ratings,
-                                              eval_size, choice.chosen, final_train, parts)
+                                              eval_size, choice.chosen, final_train, parts, genres)
         extra["seq_rerank"] = reranker
         val_hr["seq_rerank"] = rerank_info["inner_hit_ratio"]
 
@@ -150,7 +153,7 @@ def evaluate(label: str, users, movies, times, min_movie_ratings: int, eval_size
     }
     if rerank_info is not None:
         summary["rerank"] = rerank_info
-    return {"summary": summary, "table": table}
+    return {"summary": summary, "table": table, "hits": {n: h.astype(int).tolist() for n, h in hits.items()}}
 
 
 # ---------------------------------------------------------------------------- --rerank
@@ -173,8 +176,58 @@ def _view_models(states: dict) -> dict:
     return {f"{n}@prev": MODELS[n].from_state(st, **VIEW) for n, st in states.items()}
 
 
+GENRE_GRID = {"views": [True], "scores": [False, True], "interactions": [True], "l2": [1e-3, 1e-2, 1e-1]}
+"""``--rerank-genres``: the grid with the genre feature (views on: they won on both data sets without it)."""
+DEMO_MOVIES = ROOT / "data" / "demo" / "movies.csv"
+
+
+def _genre_table(data: str) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted movie ids, 0/1 movies x genres matrix) from ``movies.csv`` genres (the demo's file; for the
+    real data what ``make_real_small_dataset.py`` writes: TMDB genres, built in memory)."""
+    if data == "demo":
+        frame = pd.read_csv(DEMO_MOVIES)
+        ids, texts = frame["movieId"].to_numpy(np.int64), list(frame["genres"])
+    else:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        import make_real_small_dataset as real_small
+
+        src = real_small.load_source(REAL.parent)
+        links = src["links"]
+        rows = real_small.movies_rows(src, links[links["movieId"].astype(int).isin(src["rated"])])
+        ids, texts = np.array([r[0] for r in rows], dtype=np.int64), [r[2] for r in rows]
+    sets = [set() if not isinstance(t, str) else {g for g in t.split("|") if g and g != "(no genres listed)"}
+            for t in texts]
+    names = sorted(set().union(*sets))
+    matrix = np.zeros((len(ids), len(names)), dtype=np.float32)
+    for i, gs in enumerate(sets):
+        matrix[i, [names.index(g) for g in gs]] = 1.0
+    order = np.argsort(ids, kind="stable")
+    return ids[order], matrix[order]
+
+
+def genre_similarity(table: tuple[np.ndarray, np.ndarray]):
+    """(queries, candidates) -> {"genre jaccard with prev": Jaccard of the candidate's and the previous
+    movie's genre sets, 0 when either is unknown or has none}."""
+    ids, matrix = table
+
+    def rows_of(movie_ids: np.ndarray) -> np.ndarray:
+        at = np.minimum(np.searchsorted(ids, movie_ids), len(ids) - 1)
+        return np.where(ids[at] == movie_ids, at, -1)
+
+    def extra(q, c) -> dict[str, np.ndarray]:
+        a, b = rows_of(c.ids), rows_of(q.prev[c.rows])
+        ok = (a >= 0) & (b >= 0)
+        ga, gb = matrix[np.maximum(a, 0)], matrix[np.maximum(b, 0)]
+        inter = (ga * gb).sum(axis=1)
+        union = ga.sum(axis=1) + gb.sum(axis=1) - inter
+        return {"genre jaccard with prev": np.where(ok & (union > 0), inter / np.maximum(union, 1), 0.0)}
+
+    return extra
+
+
 def choose_rerank(label: str, users, movies, times, final_cutoff: int, min_movie_ratings: int, eval_size: int,
-                  chosen: dict, final_train: tuple, final_parts: dict) -> tuple[Reranker, dict]:
+                  chosen: dict, final_train: tuple, final_parts: dict,
+                  genres: tuple | None = None) -> tuple[Reranker, dict]:
     """The re-ranker chosen and fitted on the validation window only, then built over the parts refitted
     before the evaluation window (``final_parts``; their states for the views are refitted here).
 
@@ -196,6 +249,7 @@ def choose_rerank(label: str, users, movies, times, final_cutoff: int, min_movie
     lists = {"next_movie": _next_movie_lists(train, queries, DEPTH), **_part_lists(models, list(models), queries,
                                                                                    DEPTH)}
     pop = PopularityRecommender(train[1])
+    extra_fn = genre_similarity(genres) if genres is not None else None
     base_names = ["next_movie", *names]
     view_names = [f"{n}@prev" for n in names]
     band = history_band(queries)
@@ -222,12 +276,25 @@ def choose_rerank(label: str, users, movies, times, final_cutoff: int, min_movie
             q, b, a = subset(idx)
             c = candidates(q, [lists[n][idx] for n in use])
             raw = part_scores(models, [n for n in use if n in models], q, c) if scores else None
-            x, cols = features(c, log_counts(pop.ranked_ids, pop.ranked_counts, c.ids), b, use, interactions, raw)
+            x, cols = features(c, log_counts(pop.ranked_ids, pop.ranked_counts, c.ids), b, use, interactions, raw,
+                               extra_fn(q, c) if extra_fn is not None else None)
             built[key] = (c, x, a, cols, use)
         return built[key]
 
+    # the blend judged the same way (weights tuned on one half, scored on the other): its validation
+    # figure (tuned and scored on all pairs) is in-sample, the re-ranker's inner figure is not
+    hybrid_hrs = []
+    for fit_half in (0, 1):
+        q, _, a = subset(halves[fit_half])
+        weights = tune_blend({n: lists[n][halves[fit_half]] for n in base_names}, q, a, K).params
+        q2, _, a2 = subset(halves[1 - fit_half])
+        recs = blend_lists(q2, {n: lists[n][halves[1 - fit_half]] for n in base_names}, weights, K)
+        hybrid_hrs.append(float(hits_at_k(recs, a2, K).mean()))
+    say(f"seq_hybrid judged the same way: inner HR@10 {np.mean(hybrid_hrs):.4f} ({hybrid_hrs[0]:.4f}, "
+        f"{hybrid_hrs[1]:.4f})")
+
     rows, best = [], None
-    for point in expand_grid(RERANK_GRID):
+    for point in expand_grid(GENRE_GRID if genres is not None else RERANK_GRID):
         hrs = []
         for fit_half in (0, 1):
             c, x, a, _, _ = build(point["views"], point["scores"], point["interactions"], fit_half)
@@ -255,8 +322,11 @@ def choose_rerank(label: str, users, movies, times, final_cutoff: int, min_movie
         eval_parts.update(_view_models(final_states))
     final_pop = PopularityRecommender(final_train[1])
     reranker = Reranker(eval_parts, use, fitted, final_pop.ranked_ids, final_pop.ranked_counts,
-                        interactions=best[1]["interactions"], depth=DEPTH, use_scores=best[1]["scores"])
-    info = {"chosen": best[1], "inner_hit_ratio": best[0], "grid": rows, "validation_candidate_recall": recall,
+                        interactions=best[1]["interactions"], depth=DEPTH, use_scores=best[1]["scores"],
+                        extra_features=extra_fn)
+    info = {"chosen": best[1], "genres": genres is not None, "inner_hit_ratio": best[0], "grid": rows,
+            "hybrid_inner_hit_ratio": float(np.mean(hybrid_hrs)), "hybrid_inner_halves": hybrid_hrs,
+            "validation_candidate_recall": recall,
             "queries_used": fitted.queries_used, "weights": weights,
             "seconds": round(time.perf_counter() - started, 1)}
     return reranker, info
@@ -276,7 +346,8 @@ def print_result(result: dict) -> None:
     if "rerank" in s:
         r = s["rerank"]
         print("rerank chosen on the inner split:", r["chosen"], f"inner HR@10 {r['inner_hit_ratio']:.4f};",
-              f"validation candidate recall {r['validation_candidate_recall']:.4f};", f"{r['seconds']} s")
+              f"validation candidate recall {r['validation_candidate_recall']:.4f};",
+              f"seq_hybrid's inner HR@10 {r['hybrid_inner_hit_ratio']:.4f};", f"{r['seconds']} s")
         print("rerank weights (standardised features):", json.dumps(r["weights"]))
 
 
@@ -428,6 +499,8 @@ def main() -> None:
     ap.add_argument("--full-grid", action="store_true", help="tune on the larger grid the asset's was cut from")
     ap.add_argument("--rerank", action="store_true",
                     help="also a learned re-ranker over the parts' lists (chosen by an inner split of validation)")
+    ap.add_argument("--rerank-genres", action="store_true",
+                    help="with --rerank: add the genre Jaccard of each candidate with the previous movie as a feature")
     ap.add_argument("--json", help="write each data set's summary and table to this JSON file")
     ap.add_argument("--scale", help="a 32M-row ratings.parquet: time each fit in its own process")
     ap.add_argument("--fit-one", nargs=2, metavar=("PARQUET", "STRATEGY"),
@@ -451,15 +524,18 @@ def main() -> None:
     if args.data in ("real", "both"):
         if REAL.exists():
             results.append(evaluate("real ratings_small", *_load(REAL), args.real_min_ratings,
-                                    args.real_eval_size, args.full_grid, args.rerank))
+                                    args.real_eval_size, args.full_grid, args.rerank,
+                                    _genre_table("real") if args.rerank_genres else None))
             print_result(results[-1])
         else:
             print(f"{REAL} is absent: skipping the real data set")
     if args.data in ("demo", "both"):
-        results.append(evaluate("demo", *_load(DEMO), 1000, 3000, args.full_grid, args.rerank))
+        results.append(evaluate("demo", *_load(DEMO), 1000, 3000, args.full_grid, args.rerank,
+                                _genre_table("demo") if args.rerank_genres else None))
         print_result(results[-1])
     if args.json and results:
-        Path(args.json).write_text(json.dumps([{"summary": r["summary"], "table": r["table"].to_dict("records")}
+        Path(args.json).write_text(json.dumps([{"summary": r["summary"], "table": r["table"].to_dict("records"),
+                                                "hits": r["hits"]}
                                                for r in results], default=str, indent=1))
     if args.scale:
         cutoff = _cutoff_in_child(args.scale)
