@@ -11,11 +11,13 @@ then a learned ranking of the candidates).
   (parts in the given order, then rank), as :func:`~rcmd_pipeline.recommenders.hybrid.blend_ranked`
   lists them.
 - **Features** of a (query, candidate) (:func:`features`): per part, one-hot rank bands
-  (:data:`RANK_BANDS`; not listed = all zero) and the reciprocal rank 1/r (0 when not listed); how
-  many parts list it; log(1 + training rating count) and its square. With ``interactions``: each
-  part's 1/r times the query's history-length bin (:data:`HISTORY_BANDS`, one-hot), the products
-  of two parts' 1/r, log count times the bin. A feature constant within a query (the history bin
-  alone) cannot change an order, so the bin enters only through the products.
+  (:data:`RANK_BANDS`; not listed = all zero), the reciprocal rank 1/r (0 when not listed) and,
+  optionally, its raw score divided by the query's best candidate score; log(1 + training rating
+  count) and its square. With ``interactions``: each part's 1/r and the log count times the query's
+  history-length band (:data:`HISTORY_BANDS`, the first band the baseline), the products of two
+  parts' 1/r. A feature constant within a query (the history band alone) cannot change an order,
+  so the band enters only through the products; how many parts list a candidate is the sum of the
+  rank indicators, so it is no column of its own.
 - **Model**: a conditional logit (softmax over a query's candidates, Luce/McFadden; the listwise
   loss of ListNet with a single relevant item): P(c | query) = exp(x_c . w) / sum_c' exp(x_c' . w),
   fitted by L-BFGS on the mean negative log-likelihood of each query's next movie plus
