@@ -4,6 +4,8 @@
     python benchmarks/eval_real_small.py --data real          # only ../shared/data/real-movies-small
     python benchmarks/eval_real_small.py --data demo          # only data/demo (study defaults 1000/3000)
     python benchmarks/eval_real_small.py --data demo --full-grid   # tune on the larger grid instead
+    python benchmarks/eval_real_small.py --data both --rerank      # also the learned re-ranker (seq_rerank)
+    python benchmarks/eval_real_small.py --data both --rerank --rerank-genres   # with a genre feature
     python benchmarks/eval_real_small.py --scale benchmarks/work/ml32m/ratings.parquet   # fit time/RSS
     python benchmarks/eval_real_small.py --data none --tune-scale benchmarks/work/ml32m/ratings.parquet
 
@@ -51,7 +53,17 @@ from rcmd_pipeline.recommenders.history import HISTORY_BINS, build_queries, hist
 from rcmd_pipeline.recommenders.item_knn import ItemKNN  # noqa: E402
 from rcmd_pipeline.recommenders.next_movie import NextMovieRecommender  # noqa: E402
 from rcmd_pipeline.recommenders.popularity import PopularityRecommender  # noqa: E402
-from rcmd_pipeline.recommenders.seq_hybrid import PrevOnly, SequenceHybrid  # noqa: E402
+from rcmd_pipeline.recommenders.rerank import (  # noqa: E402
+    Reranker,
+    candidates,
+    features,
+    fit_conditional_logit,
+    history_band,
+    log_counts,
+    part_scores,
+    rank_candidates,
+)
+from rcmd_pipeline.recommenders.seq_hybrid import PrevOnly, SequenceHybrid, blend_lists  # noqa: E402
 from rcmd_pipeline.recommenders.seq_rules import SequentialRules  # noqa: E402
 from rcmd_pipeline.recommenders.sequence import fit_model, load_model  # noqa: E402
 from rcmd_pipeline.recommenders.slist import SLIST  # noqa: E402
@@ -149,7 +161,7 @@ def _taste_part(users, movies, times, values, genres, split, choice, min_movie_r
 
 
 def evaluate(label: str, users, movies, times, min_movie_ratings: int, eval_size: int, full_grid: bool = False,
-             taste: tuple | None = None) -> dict:
+             rerank: bool = False, genres: tuple | None = None, taste: tuple | None = None) -> dict:
     """What the pipeline does: ``sequence_tuning`` (choose_sequence_parameters), the model assets'
     refit before the evaluation window, one scoring of every strategy on the evaluation pairs."""
     started = time.perf_counter()
@@ -168,19 +180,26 @@ def evaluate(label: str, users, movies, times, min_movie_ratings: int, eval_size
                 for name in ("seq_rules", "item_knn", "slist")}}
     hybrid = SequenceHybrid(parts, choice.chosen["seq_hybrid"], depth=DEPTH, exclude_seen=True)
     val_hr = dict(choice.validation_hit_ratio)
-    strategies = {"popularity": PrevOnly(popularity), **parts, "seq_hybrid": hybrid}
     extra = {}
+    rerank_info = None
+    if rerank:
+        reranker, rerank_info = choose_rerank(label, users, movies, times, split.final_cutoff, min_movie_ratings,
+                                              eval_size, choice.chosen, final_train, parts, genres)
+        extra["seq_rerank"] = reranker
+        val_hr["seq_rerank"] = rerank_info["inner_hit_ratio"]
+    taste_info = {}
     if taste is not None:  # (rating values, genre table)
         part = _taste_part(users, movies, times, taste[0], taste[1], split, choice, min_movie_ratings, eval_size,
                            lambda line: print(f"  [{label}] {line}", flush=True))
-        strategies["taste"] = part["model"]
-        strategies["seq_hybrid+taste"] = SequenceHybrid({**parts, "taste": part["model"]}, part["weights"],
-                                                        depth=DEPTH, exclude_seen=True)
+        extra["taste"] = part["model"]
+        extra["seq_hybrid+taste"] = SequenceHybrid({**parts, "taste": part["model"]}, part["weights"],
+                                                   depth=DEPTH, exclude_seen=True)
         val_hr["taste"], val_hr["seq_hybrid+taste"] = part["val_hr"], part["val_hr_blend"]
-        extra = {"taste_chosen": part["chosen"], "blend_with_taste": part["weights"]}
+        taste_info = {"taste_chosen": part["chosen"], "blend_with_taste": part["weights"]}
         print(part["table"].sort_values("hit_ratio", ascending=False).head(8).to_string(index=False))
 
     # ---- the one scoring on the evaluation window
+    strategies = {"popularity": PrevOnly(popularity), **parts, "seq_hybrid": hybrid, **extra}
     hits = {n: hits_at_k(s.recommend_queries(eq, K), e_actual, K) for n, s in strategies.items()}
     bins = history_bin_labels(eq)
     base = hits["next_movie"]
@@ -192,9 +211,10 @@ def evaluate(label: str, users, movies, times, min_movie_ratings: int, eval_size
                "high": high, "x_next_movie": float(h.mean() / base.mean()) if base.mean() > 0 else float("nan"),
                "p_vs_next_movie": test["p_value"] if name != "next_movie" else float("nan"),
                "b": test["b"], "c": test["c"]}
-        if "seq_hybrid+taste" in hits and name in ("taste", "seq_hybrid+taste"):
-            versus = mcnemar_exact(h, hits["seq_hybrid"])
-            row.update({"p_vs_seq_hybrid": versus["p_value"], "b_h": versus["b"], "c_h": versus["c"]})
+        if rerank or "seq_hybrid+taste" in hits:
+            vs = mcnemar_exact(h, hits["seq_hybrid"])
+            row.update({"p_vs_seq_hybrid": vs["p_value"] if name != "seq_hybrid" else float("nan"),
+                        "b_h": vs["b"], "c_h": vs["c"]})
         for _, _, bl in HISTORY_BINS:
             sel = bins == bl
             row[f"hr[{bl}]"] = float(h[sel].mean()) if sel.any() else float("nan")
@@ -210,9 +230,187 @@ def evaluate(label: str, users, movies, times, min_movie_ratings: int, eval_size
         "evaluation_users": int(split.evaluation["userId"].nunique()),
         "history_bins_n": {bl: int((bins == bl).sum()) for _, _, bl in HISTORY_BINS},
         "chosen": choice.chosen, "best_on_validation": best_on_val, "best_single_part_on_validation": best_part,
-        "seconds": round(time.perf_counter() - started, 1), **extra,
+        "seconds": round(time.perf_counter() - started, 1), **taste_info,
     }
-    return {"summary": summary, "table": table}
+    if rerank_info is not None:
+        summary["rerank"] = rerank_info
+    return {"summary": summary, "table": table, "hits": {n: h.astype(int).tolist() for n, h in hits.items()}}
+
+
+# ---------------------------------------------------------------------------- --rerank
+
+RERANK_GRID = {"views": [False, True], "scores": [False, True], "interactions": [True], "l2": [1e-3, 1e-2, 1e-1]}
+"""The re-ranker's choices, made by the inner split of the validation window: the four blend parts
+alone or with their previous-movie-only views (``last_n`` 1, no refit), the sequence models' scores
+(divided by the query's best) beside their ranks, the L2 strength. The interaction features stay on:
+without them the inner split scored 0.000-0.002 lower at every other setting (a first run on the demo)."""
+VIEW = {"last_n": 1, "decay": "harmonic", "exclude_seen": True}
+
+
+def _part_lists(models: dict, names: list[str], queries, depth: int) -> dict[str, np.ndarray]:
+    return {n: np.asarray(models[n].recommend_queries(queries, depth), dtype=np.int64) for n in names}
+
+
+def _view_models(states: dict) -> dict:
+    """The previous-movie-only view of each fitted sequence model (same state, ``last_n`` 1)."""
+    from rcmd_pipeline.recommenders.sequence import MODELS
+    return {f"{n}@prev": MODELS[n].from_state(st, **VIEW) for n, st in states.items()}
+
+
+GENRE_GRID = {"views": [True], "scores": [False, True], "interactions": [True], "l2": [1e-3, 1e-2, 1e-1]}
+"""``--rerank-genres``: the grid with the genre feature (views on: they won on both data sets without it)."""
+DEMO_MOVIES = ROOT / "data" / "demo" / "movies.csv"
+
+
+def _genre_table(data: str) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted movie ids, 0/1 movies x genres matrix) from ``movies.csv`` genres (the demo's file; for the
+    real data what ``make_real_small_dataset.py`` writes: TMDB genres, built in memory)."""
+    if data == "demo":
+        frame = pd.read_csv(DEMO_MOVIES)
+        ids, texts = frame["movieId"].to_numpy(np.int64), list(frame["genres"])
+    else:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        import make_real_small_dataset as real_small
+
+        src = real_small.load_source(REAL.parent)
+        links = src["links"]
+        rows = real_small.movies_rows(src, links[links["movieId"].astype(int).isin(src["rated"])])
+        ids, texts = np.array([r[0] for r in rows], dtype=np.int64), [r[2] for r in rows]
+    sets = [set() if not isinstance(t, str) else {g for g in t.split("|") if g and g != "(no genres listed)"}
+            for t in texts]
+    names = sorted(set().union(*sets))
+    matrix = np.zeros((len(ids), len(names)), dtype=np.float32)
+    for i, gs in enumerate(sets):
+        matrix[i, [names.index(g) for g in gs]] = 1.0
+    order = np.argsort(ids, kind="stable")
+    return ids[order], matrix[order]
+
+
+def genre_similarity(table: tuple[np.ndarray, np.ndarray]):
+    """(queries, candidates) -> {"genre jaccard with prev": Jaccard of the candidate's and the previous
+    movie's genre sets, 0 when either is unknown or has none}."""
+    ids, matrix = table
+
+    def rows_of(movie_ids: np.ndarray) -> np.ndarray:
+        at = np.minimum(np.searchsorted(ids, movie_ids), len(ids) - 1)
+        return np.where(ids[at] == movie_ids, at, -1)
+
+    def extra(q, c) -> dict[str, np.ndarray]:
+        a, b = rows_of(c.ids), rows_of(q.prev[c.rows])
+        ok = (a >= 0) & (b >= 0)
+        ga, gb = matrix[np.maximum(a, 0)], matrix[np.maximum(b, 0)]
+        inter = (ga * gb).sum(axis=1)
+        union = ga.sum(axis=1) + gb.sum(axis=1) - inter
+        return {"genre jaccard with prev": np.where(ok & (union > 0), inter / np.maximum(union, 1), 0.0)}
+
+    return extra
+
+
+def choose_rerank(label: str, users, movies, times, final_cutoff: int, min_movie_ratings: int, eval_size: int,
+                  chosen: dict, final_train: tuple, final_parts: dict,
+                  genres: tuple | None = None) -> tuple[Reranker, dict]:
+    """The re-ranker chosen and fitted on the validation window only, then built over the parts refitted
+    before the evaluation window (``final_parts``; their states for the views are refitted here).
+
+    Validation: the chosen parts (``choose_sequence_parameters``' values) fitted on the tuning window,
+    their top-``DEPTH`` lists on the validation queries. Inner split: the validation pairs in time
+    order, first half / second half; each grid point is fitted on one half and scored (HitRatio@10)
+    on the other, both ways; the best mean (ties: the earlier point) is refitted on all validation
+    pairs. The evaluation window is not read here.
+    """
+    say = lambda line: print(f"  [{label}] rerank: {line}", flush=True)  # noqa: E731
+    started = time.perf_counter()
+    queries, actual, train, _ = _validation_window(
+        lambda: (users, movies, times), final_cutoff,
+        TransitionSettings(min_movie_ratings=min_movie_ratings, eval_size=eval_size), MAX_LEN, TUNING_MAX_RATINGS)
+    names = ["seq_rules", "item_knn", "slist"]
+    states = {n: fit_model(n, *train, chosen[n]) for n in names}
+    models = {n: load_model(n, st) for n, st in states.items()}
+    models.update(_view_models(states))
+    lists = {"next_movie": _next_movie_lists(train, queries, DEPTH), **_part_lists(models, list(models), queries,
+                                                                                   DEPTH)}
+    pop = PopularityRecommender(train[1])
+    extra_fn = genre_similarity(genres) if genres is not None else None
+    base_names = ["next_movie", *names]
+    view_names = [f"{n}@prev" for n in names]
+    band = history_band(queries)
+    order = np.lexsort((np.arange(len(queries)), queries.times))
+    halves = (np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2:]))
+
+    def subset(idx: np.ndarray):
+        from rcmd_pipeline.recommenders.history import Queries
+        lengths = np.diff(queries.offsets)[idx]
+        offsets = np.zeros(len(idx) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        items = np.concatenate([queries.history(i) for i in idx]) if len(idx) else queries.items[:0]
+        q = Queries(queries.prev[idx], queries.users[idx], queries.times[idx], offsets, items,
+                    queries.n_earlier[idx])
+        return q, band[idx], actual[idx]
+
+    built = {}
+
+    def build(views: bool, scores: bool, interactions: bool, part: int | None):
+        key = (views, scores, interactions, part)
+        if key not in built:
+            use = base_names + (view_names if views else [])
+            idx = np.arange(len(queries)) if part is None else halves[part]
+            q, b, a = subset(idx)
+            c = candidates(q, [lists[n][idx] for n in use])
+            raw = part_scores(models, [n for n in use if n in models], q, c) if scores else None
+            x, cols = features(c, log_counts(pop.ranked_ids, pop.ranked_counts, c.ids), b, use, interactions, raw,
+                               extra_fn(q, c) if extra_fn is not None else None)
+            built[key] = (c, x, a, cols, use)
+        return built[key]
+
+    # the blend judged the same way (weights tuned on one half, scored on the other): its validation
+    # figure (tuned and scored on all pairs) is in-sample, the re-ranker's inner figure is not
+    hybrid_hrs = []
+    for fit_half in (0, 1):
+        q, _, a = subset(halves[fit_half])
+        weights = tune_blend({n: lists[n][halves[fit_half]] for n in base_names}, q, a, K).params
+        q2, _, a2 = subset(halves[1 - fit_half])
+        recs = blend_lists(q2, {n: lists[n][halves[1 - fit_half]] for n in base_names}, weights, K)
+        hybrid_hrs.append(float(hits_at_k(recs, a2, K).mean()))
+    say(f"seq_hybrid judged the same way: inner HR@10 {np.mean(hybrid_hrs):.4f} ({hybrid_hrs[0]:.4f}, "
+        f"{hybrid_hrs[1]:.4f})")
+
+    rows, best = [], None
+    for point in expand_grid(GENRE_GRID if genres is not None else RERANK_GRID):
+        hrs = []
+        for fit_half in (0, 1):
+            c, x, a, _, _ = build(point["views"], point["scores"], point["interactions"], fit_half)
+            fitted = fit_conditional_logit(x, c, a, l2=point["l2"])
+            c2, x2, a2, _, _ = build(point["views"], point["scores"], point["interactions"], 1 - fit_half)
+            recs = rank_candidates(c2, ((x2 - fitted.mean) / fitted.std) @ fitted.weights, K)
+            hrs.append(float(hits_at_k(recs, a2, K).mean()))
+        hr = float(np.mean(hrs))
+        rows.append({**point, "hr_fit_first": hrs[0], "hr_fit_second": hrs[1], "inner_hr": hr})
+        say(f"{point} inner HR@10 {hr:.4f} (fit on first half -> second {hrs[0]:.4f}, second -> first {hrs[1]:.4f}; "
+            f"{time.perf_counter() - started:.0f} s)")
+        if best is None or hr > best[0]:
+            best = (hr, point)
+    c_all, x_all, a_all, cols, use = build(best[1]["views"], best[1]["scores"], best[1]["interactions"], None)
+    fitted = fit_conditional_logit(x_all, c_all, a_all, l2=best[1]["l2"])
+    recall = float(np.isin(np.arange(len(queries)), c_all.rows[c_all.ids == a_all[c_all.rows]]).mean())
+    weights = {n: round(float(w), 4) for n, w in zip(cols, fitted.weights, strict=True)}
+    say(f"chosen {best[1]}; fitted on all {len(queries)} validation pairs ({fitted.queries_used} with the next "
+        f"movie among the candidates: candidate recall {recall:.4f}; converged {fitted.converged})")
+
+    # the parts as the model assets would have them: refitted before the evaluation window
+    eval_parts = dict(final_parts)
+    if best[1]["views"]:
+        final_states = {n: fit_model(n, *final_train, chosen[n]) for n in names}
+        eval_parts.update(_view_models(final_states))
+    final_pop = PopularityRecommender(final_train[1])
+    reranker = Reranker(eval_parts, use, fitted, final_pop.ranked_ids, final_pop.ranked_counts,
+                        interactions=best[1]["interactions"], depth=DEPTH, use_scores=best[1]["scores"],
+                        extra_features=extra_fn)
+    info = {"chosen": best[1], "genres": genres is not None, "inner_hit_ratio": best[0], "grid": rows,
+            "hybrid_inner_hit_ratio": float(np.mean(hybrid_hrs)), "hybrid_inner_halves": hybrid_hrs,
+            "validation_candidate_recall": recall,
+            "queries_used": fitted.queries_used, "weights": weights,
+            "seconds": round(time.perf_counter() - started, 1)}
+    return reranker, info
 
 
 def print_result(result: dict) -> None:
@@ -228,6 +426,12 @@ def print_result(result: dict) -> None:
     print("chosen:", json.dumps(s["chosen"], default=str))
     if "taste_chosen" in s:
         print("taste chosen:", json.dumps(s["taste_chosen"]), "| blend with taste:", json.dumps(s["blend_with_taste"]))
+    if "rerank" in s:
+        r = s["rerank"]
+        print("rerank chosen on the inner split:", r["chosen"], f"inner HR@10 {r['inner_hit_ratio']:.4f};",
+              f"validation candidate recall {r['validation_candidate_recall']:.4f};",
+              f"seq_hybrid's inner HR@10 {r['hybrid_inner_hit_ratio']:.4f};", f"{r['seconds']} s")
+        print("rerank weights (standardised features):", json.dumps(r["weights"]))
 
 
 def _narrowest(low: int, high: int) -> type:
@@ -378,6 +582,11 @@ def main() -> None:
     ap.add_argument("--full-grid", action="store_true", help="tune on the larger grid the asset's was cut from")
     ap.add_argument("--taste", action="store_true",
                     help="also tune the user-taste part (rating values x genres) and blend it in as a fifth part")
+    ap.add_argument("--rerank", action="store_true",
+                    help="also a learned re-ranker over the parts' lists (chosen by an inner split of validation)")
+    ap.add_argument("--rerank-genres", action="store_true",
+                    help="with --rerank: add the genre Jaccard of each candidate with the previous movie as a feature")
+    ap.add_argument("--json", help="write each data set's summary and table to this JSON file")
     ap.add_argument("--scale", help="a 32M-row ratings.parquet: time each fit in its own process")
     ap.add_argument("--fit-one", nargs=2, metavar=("PARQUET", "STRATEGY"),
                     help="one fit in this process: load the training window compactly, fit, print time and RSS")
@@ -396,16 +605,25 @@ def main() -> None:
     if args.tune_scale:
         _tune_scale(args.tune_scale)
         return
+    results = []
     if args.data in ("real", "both"):
         if REAL.exists():
             taste = (_rating_values(REAL), _real_genres()) if args.taste else None
-            print_result(evaluate("real ratings_small", *_load(REAL), args.real_min_ratings, args.real_eval_size,
-                                  args.full_grid, taste))
+            results.append(evaluate("real ratings_small", *_load(REAL), args.real_min_ratings,
+                                    args.real_eval_size, args.full_grid, args.rerank,
+                                    _genre_table("real") if args.rerank_genres else None, taste))
+            print_result(results[-1])
         else:
             print(f"{REAL} is absent: skipping the real data set")
     if args.data in ("demo", "both"):
         taste = (_rating_values(DEMO), _demo_genres()) if args.taste else None
-        print_result(evaluate("demo", *_load(DEMO), 1000, 3000, args.full_grid, taste))
+        results.append(evaluate("demo", *_load(DEMO), 1000, 3000, args.full_grid, args.rerank,
+                                _genre_table("demo") if args.rerank_genres else None, taste))
+        print_result(results[-1])
+    if args.json and results:
+        Path(args.json).write_text(json.dumps([{"summary": r["summary"], "table": r["table"].to_dict("records"),
+                                                "hits": r["hits"]}
+                                               for r in results], default=str, indent=1))
     if args.scale:
         cutoff = _cutoff_in_child(args.scale)
         for name in (n for n in FIT_ONE_PARAMS if n != "next_movie"):

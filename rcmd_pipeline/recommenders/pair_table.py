@@ -314,6 +314,17 @@ class _NeighbourModel(_HistoryModel):
         vectors = sp.csr_matrix((weights, (row, item)), shape=(len(q), m))
         return (vectors @ self.matrix).tocsr()
 
+    def candidate_scores(self, q: Queries, rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """The score of each (query row, movie id); 0 for a movie the model does not know."""
+        s = self.scores(q)
+        s.sum_duplicates()
+        col = _lookup(self.item_ids, ids)
+        out = np.zeros(len(col))
+        known = col >= 0
+        if known.any():
+            out[known] = np.asarray(s[np.asarray(rows)[known], col[known]]).ravel()
+        return out
+
     def recommend_queries(self, q: Queries, k: int) -> np.ndarray:
         s = self.scores(q)
         s.sum_duplicates()

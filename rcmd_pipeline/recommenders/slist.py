@@ -192,8 +192,9 @@ class SLIST(_HistoryModel):
         self.item_ids = ids
         self.matrix = np.asarray(state["matrix"], dtype=np.float32)
 
-    def recommend_queries(self, q: Queries, k: int) -> np.ndarray:
-        k = int(k)
+    def _dense_scores(self, q: Queries) -> tuple[np.ndarray, np.ndarray]:
+        """(queries x model movies) scores q B, float32, columns in ``item_ids`` order; and each
+        history movie's column (-1 when the model does not know it)."""
         size = len(self.item_ids)
         where = _lookup(self._sorted_ids, q.items)
         dense = np.where(where >= 0, self._sorter[np.maximum(where, 0)], -1)
@@ -202,7 +203,21 @@ class SLIST(_HistoryModel):
         weights = sp.csr_matrix((decay_weights(j, self.last_n, self.decay).astype(np.float32), (row, item)),
                                 shape=(len(q), size))
         scores = np.asarray(weights @ self.matrix, dtype=np.float32) if size else np.zeros((len(q), 0), np.float32)
-        del weights
+        return scores, dense
+
+    def candidate_scores(self, q: Queries, rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """The score of each (query row, movie id); 0 for a movie the model does not know."""
+        scores, _ = self._dense_scores(q)
+        where = _lookup(self._sorted_ids, ids)
+        out = np.zeros(len(ids))
+        known = where >= 0
+        out[known] = scores[np.asarray(rows)[known], self._sorter[where[known]]]
+        return out
+
+    def recommend_queries(self, q: Queries, k: int) -> np.ndarray:
+        k = int(k)
+        size = len(self.item_ids)
+        scores, dense = self._dense_scores(q)
         if size == 0 or len(q) == 0 or k == 0:
             return _finish(q, k, _EMPTY, _EMPTY, np.zeros(0), _EMPTY, self.item_ids, self.exclude_seen)
         # Excluded movies (prev; with exclude_seen the whole history) score 0, which _finish drops;

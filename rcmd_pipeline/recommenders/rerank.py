@@ -1,0 +1,306 @@
+"""A learned second stage over the sequence parts' lists: a conditional-logit re-ranker.
+
+The reciprocal-rank blend (``seq_hybrid.py``) gives each part one weight and a fixed curve
+``w / (rank + c0)``. A re-ranker instead learns, from validation queries, how much "rank r in part
+p" is worth, for every part and rank band, how that changes with the length of the user's history,
+and what agreement between parts adds (the standard two-stage practice: candidate generation,
+then a learned ranking of the candidates).
+
+- **Candidates** of a query: the union of the parts' lists (each ``depth`` long), minus PAD, the
+  previous movie and (``exclude_seen``) every movie of the history; kept in first-listing order
+  (parts in the given order, then rank), as :func:`~rcmd_pipeline.recommenders.hybrid.blend_ranked`
+  lists them.
+- **Features** of a (query, candidate) (:func:`features`): per part, one-hot rank bands
+  (:data:`RANK_BANDS`; not listed = all zero), the reciprocal rank 1/r (0 when not listed) and,
+  optionally, its raw score divided by the query's best candidate score; log(1 + training rating
+  count) and its square. With ``interactions``: each part's 1/r and the log count times the query's
+  history-length band (:data:`HISTORY_BANDS`, the first band the baseline), the products of two
+  parts' 1/r. A feature constant within a query (the history band alone) cannot change an order,
+  so the band enters only through the products; how many parts list a candidate is the sum of the
+  rank indicators, so it is no column of its own.
+- **Model**: a conditional logit (softmax over a query's candidates, Luce/McFadden; the listwise
+  loss of ListNet with a single relevant item): P(c | query) = exp(x_c . w) / sum_c' exp(x_c' . w),
+  fitted by L-BFGS on the mean negative log-likelihood of each query's next movie plus
+  ``l2`` / 2 * |w|^2, features standardised (mean, std over the training candidates). Queries
+  whose next movie is not a candidate carry no information for the order and are skipped.
+- **Ranking**: the k highest x . w per query; equal scores (to 12 decimals) go to the candidate
+  listed first; rows short of candidates are filled with the most rated movies (as the parts do).
+
+Plain numpy/scipy, no Dagster imports. Not in the registry (see docs/evaluation.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import minimize
+
+from rcmd_pipeline.recommenders.base import PAD, append_usable
+from rcmd_pipeline.recommenders.history import Queries, history_lengths
+from rcmd_pipeline.recommenders.sequence_scoring import _excluded
+
+RANK_BANDS = ((1, 1), (2, 2), (3, 3), (4, 5), (6, 10), (11, 20), (21, None))
+"""Rank bands (first, last or None) of a part's list, one indicator each; unlisted: all zero."""
+HISTORY_BANDS = ((None, 1), (2, 5), (6, 20), (21, None))
+"""History-length bands (earlier ratings) for the interactions; 0 or 1 earlier rating is the first."""
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Every (query, candidate) of a batch: ``rows`` sorted, within a row in first-listing order;
+    ``ranks[i, p]`` is the candidate's 1-based rank in part p's list, 0 when that part does not list it."""
+
+    rows: np.ndarray
+    ids: np.ndarray
+    ranks: np.ndarray
+    n_queries: int
+
+
+def candidates(q: Queries, lists: list[np.ndarray], exclude_seen: bool = True) -> Candidates:
+    """The union of the parts' lists per query (PAD, prev and, with ``exclude_seen``, history dropped)."""
+    n = len(q)
+    widths = [np.asarray(ids).shape[1] for ids in lists]
+    cand = np.concatenate([np.asarray(ids, dtype=np.int64).reshape(n, -1) for ids in lists], axis=1)
+    part = np.concatenate([np.full(w, p, dtype=np.int64) for p, w in enumerate(widths)])
+    rank = np.concatenate([np.arange(1, w + 1, dtype=np.int64) for w in widths])
+    width = cand.shape[1]
+    rows = np.repeat(np.arange(n, dtype=np.int64), width)
+    flat, first = cand.ravel(), np.tile(np.arange(width, dtype=np.int64), n)
+    ok = flat != PAD
+    ok[ok] = ~_excluded(q, rows[ok], flat[ok], exclude_seen)
+    rows, flat, first = rows[ok], flat[ok], first[ok]
+    order = np.lexsort((first, flat, rows))
+    rows, flat, first = rows[order], flat[order], first[order]
+    start = np.flatnonzero(np.r_[True, (rows[1:] != rows[:-1]) | (flat[1:] != flat[:-1])]) if len(rows) else \
+        np.zeros(0, dtype=np.int64)
+    group = np.repeat(np.arange(len(start)), np.diff(np.r_[start, len(rows)]))
+    best = np.full((len(start), len(lists)), np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(best, (group, part[first]), rank[first])  # a part listing a movie twice: its best rank
+    ranks = np.where(best == np.iinfo(np.int64).max, 0, best)
+    rows, ids, first = rows[start], flat[start], first[start]
+    keep = np.lexsort((first, rows))
+    return Candidates(rows[keep], ids[keep], ranks[keep], n)
+
+
+def history_band(q: Queries) -> np.ndarray:
+    """Each query's index in :data:`HISTORY_BANDS` (0 for 0 or 1 earlier rating)."""
+    lengths = history_lengths(q)
+    band = np.zeros(len(lengths), dtype=np.int64)
+    for b, (low, _) in enumerate(HISTORY_BANDS):
+        if low is not None:
+            band[lengths >= low] = b
+    return band
+
+
+def row_normalised(c: Candidates, values: np.ndarray) -> np.ndarray:
+    """``values`` divided by the largest value among the same query's candidates (0 where that is <= 0)."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return values
+    top = np.maximum.reduceat(values, _segments(c.rows, c.n_queries)[:-1][np.unique(c.rows)])
+    top_of = np.zeros(c.n_queries)
+    top_of[np.unique(c.rows)] = top
+    t = top_of[c.rows]
+    return np.where(t > 0, values / np.where(t > 0, t, 1.0), 0.0)
+
+
+def features(c: Candidates, log_count: np.ndarray, band: np.ndarray, part_names: list[str],
+             interactions: bool = True, scores: dict[str, np.ndarray] | None = None,
+             extra: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, list[str]]:
+    """The feature matrix (one row per candidate) and its column names (see the module docstring).
+
+    ``log_count`` is log(1 + training rating count) per candidate, ``band`` the history band per
+    query; ``scores`` (optional) each named part's raw score per candidate, used divided by the
+    query's largest candidate score. Exactly collinear columns are left out (how many parts list a
+    candidate is the sum of the rank indicators; each part's 1/r is the sum of its products with
+    the history bands, so the first band is the baseline). ``extra``: further named columns, one
+    value per candidate, appended as they are (e.g. a content similarity to the previous movie).
+    """
+    cols, names = [], []
+    rr = np.where(c.ranks > 0, 1.0 / np.maximum(c.ranks, 1), 0.0)
+    for p, part in enumerate(part_names):
+        r = c.ranks[:, p]
+        for low, high in RANK_BANDS:
+            cols.append(((r >= low) & ((r <= high) if high is not None else True)).astype(np.float64))
+            names.append(f"{part}:rank {low}" + ("" if high == low else f"-{high}" if high else "+"))
+        cols.append(rr[:, p])
+        names.append(f"{part}:1/r")
+        if scores is not None and part in scores:
+            cols.append(row_normalised(c, scores[part]))
+            names.append(f"{part}:score/max")
+    log_count = np.asarray(log_count, dtype=np.float64)
+    cols += [log_count, log_count ** 2]
+    names += ["log count", "log count^2"]
+    if interactions:
+        qb = np.asarray(band, dtype=np.int64)[c.rows]
+        for b in range(1, len(HISTORY_BANDS)):
+            in_band = (qb == b).astype(np.float64)
+            for p, part in enumerate(part_names):
+                cols.append(rr[:, p] * in_band)
+                names.append(f"{part}:1/r x history band {b}")
+            cols.append(log_count * in_band)
+            names.append(f"log count x history band {b}")
+        for p in range(len(part_names)):
+            for p2 in range(p + 1, len(part_names)):
+                cols.append(rr[:, p] * rr[:, p2])
+                names.append(f"{part_names[p]}:1/r x {part_names[p2]}:1/r")
+    for name, values in (extra or {}).items():
+        cols.append(np.asarray(values, dtype=np.float64))
+        names.append(name)
+    return np.column_stack(cols) if cols else np.zeros((len(c.rows), 0)), names
+
+
+def _segments(rows: np.ndarray, n: int) -> np.ndarray:
+    """Start of each query's run of candidates (rows sorted), ``n + 1`` offsets."""
+    return np.searchsorted(rows, np.arange(n + 1))
+
+
+def softmax_loss(w: np.ndarray, x: np.ndarray, rows: np.ndarray, positive: np.ndarray, n: int,
+                 l2: float) -> tuple[float, np.ndarray]:
+    """Mean over the ``n`` queries of -log P(positive | query) plus ``l2`` / 2 |w|^2, and its gradient.
+
+    ``rows`` (sorted, values 0..n-1) gives each candidate's query; ``positive`` marks exactly one
+    candidate of each query.
+    """
+    s = (x @ w.astype(x.dtype)).astype(np.float64)
+    offsets = _segments(rows, n)  # every query has candidates (fit_conditional_logit keeps only those)
+    top = np.maximum.reduceat(s, offsets[:-1])
+    e = np.exp(s - top[rows])
+    z = np.add.reduceat(e, offsets[:-1])
+    p = e / z[rows]
+    loss = float(np.sum(top + np.log(z)) - s[positive].sum()) / n + 0.5 * l2 * float(w @ w)
+    grad = ((p.astype(x.dtype) @ x).astype(np.float64) - x[positive].sum(axis=0, dtype=np.float64)) / n + l2 * w
+    return loss, grad
+
+
+@dataclass(frozen=True)
+class Fitted:
+    weights: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    queries_used: int
+    converged: bool
+
+
+def fit_conditional_logit(x: np.ndarray, c: Candidates, actual: np.ndarray, l2: float = 0.01,
+                          max_iter: int = 200) -> Fitted:
+    """Fit the weights on the queries whose next movie (``actual``) is among their candidates."""
+    actual = np.asarray(actual, dtype=np.int64)
+    positive = c.ids == actual[c.rows]
+    has = np.zeros(c.n_queries, dtype=bool)
+    has[c.rows[positive]] = True
+    keep = has[c.rows]
+    x, rows, positive = x[keep], c.rows[keep], positive[keep]
+    mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1])
+    std = x.std(axis=0) if len(x) else np.ones(x.shape[1])
+    std = np.where(std > 0, std, 1.0)
+    z = ((x - mean) / std).astype(np.float32)  # memory-bound products: float32 halves their time
+    dense = np.cumsum(has) - 1  # query index among those used
+    used = int(has.sum())
+    if used == 0:
+        raise ValueError("no query has its next movie among its candidates: nothing to learn")
+    result = minimize(softmax_loss, np.zeros(x.shape[1]), args=(z, dense[rows], positive, used, float(l2)),
+                      jac=True, method="L-BFGS-B", options={"maxiter": max_iter})
+    return Fitted(result.x, mean, std, used, bool(result.success))
+
+
+def rank_candidates(c: Candidates, score: np.ndarray, k: int) -> np.ndarray:
+    """Top-k candidate ids per query by score (ties: the one listed first), PAD where short."""
+    out = np.full((c.n_queries, k), PAD, dtype=np.int64)
+    if len(c.rows) == 0 or k == 0:
+        return out
+    order = np.lexsort((np.arange(len(c.rows)), -np.round(score, 12), c.rows))
+    rows, ids = c.rows[order], c.ids[order]
+    place = np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")
+    take = place < k
+    out[rows[take], place[take]] = ids[take]
+    return out
+
+
+def fill_popular(out: np.ndarray, q: Queries, popular_ids: np.ndarray, exclude_seen: bool = True) -> np.ndarray:
+    """Rows with PAD get the most rated movies not yet listed nor excluded (in place, returned)."""
+    k = out.shape[1]
+    counts = (out != PAD).sum(axis=1)
+    short = np.flatnonzero(counts < k)
+    if len(short) == 0 or len(popular_ids) == 0:
+        return out
+    for i in short:  # rare (a query with fewer than k candidates): a loop is fine
+        listed = set(out[i, :counts[i]].tolist())
+        cand = np.array([m for m in popular_ids if m not in listed], dtype=np.int64)
+        bad = _excluded(q, np.full(len(cand), i, dtype=np.int64), cand, exclude_seen)
+        append_usable(out, counts, np.array([i]), cand[None, :], bad[None, :])
+    return out
+
+
+class Reranker:
+    """The fitted re-ranker over ``parts`` (query recommenders, in the order of ``part_names``)."""
+
+    name = "seq_rerank"
+
+    def __init__(self, parts: dict, part_names: list[str], fitted: Fitted, popular_ids: np.ndarray,
+                 popular_counts: np.ndarray, interactions: bool = True, depth: int = 50,
+                 exclude_seen: bool = True, use_scores: bool = False, extra_features=None) -> None:
+        missing = [n for n in part_names if n not in parts]
+        if missing:
+            raise ValueError(f"no part for {missing}")
+        self.parts, self.part_names, self.fitted = parts, list(part_names), fitted
+        self.popular_ids = np.asarray(popular_ids, dtype=np.int64)
+        self.popular_counts = np.asarray(popular_counts, dtype=np.int64)
+        self.interactions, self.depth, self.exclude_seen = bool(interactions), int(depth), bool(exclude_seen)
+        self.use_scores = bool(use_scores)
+        self.extra_features = extra_features  # (queries, candidates) -> {name: column}; not part of the state
+        self._sorted = np.argsort(self.popular_ids, kind="stable")
+
+    def log_count(self, ids: np.ndarray) -> np.ndarray:
+        """log(1 + training rating count) of each id (0 for a movie not rated in the training window)."""
+        return log_counts(self.popular_ids, self.popular_counts, ids, self._sorted)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"part_names": np.array(self.part_names, dtype=str), "weights": self.fitted.weights,
+                "mean": self.fitted.mean, "std": self.fitted.std, "popular_ids": self.popular_ids,
+                "popular_counts": self.popular_counts, "interactions": np.array(self.interactions),
+                "depth": np.array(self.depth), "exclude_seen": np.array(self.exclude_seen),
+                "use_scores": np.array(self.use_scores)}
+
+    @classmethod
+    def from_state(cls, state: dict, parts: dict, extra_features=None) -> Reranker:
+        fitted = Fitted(np.asarray(state["weights"], np.float64), np.asarray(state["mean"], np.float64),
+                        np.asarray(state["std"], np.float64), 0, True)
+        return cls(parts, [str(n) for n in state["part_names"]], fitted, state["popular_ids"],
+                   state["popular_counts"], bool(state["interactions"]), int(state["depth"]),
+                   bool(state["exclude_seen"]), bool(state["use_scores"]), extra_features)
+
+    def score_lists(self, q: Queries, lists: list[np.ndarray], k: int) -> np.ndarray:
+        """Top-k from the parts' lists already computed (``lists`` in ``part_names`` order)."""
+        c = candidates(q, lists, self.exclude_seen)
+        scores = part_scores(self.parts, self.part_names, q, c) if self.use_scores else None
+        extra = self.extra_features(q, c) if self.extra_features is not None else None
+        x, _ = features(c, self.log_count(c.ids), history_band(q), self.part_names, self.interactions, scores, extra)
+        score = ((x - self.fitted.mean) / self.fitted.std) @ self.fitted.weights
+        return fill_popular(rank_candidates(c, score, int(k)), q, self.popular_ids, self.exclude_seen)
+
+    def recommend_queries(self, q: Queries, k: int) -> np.ndarray:
+        depth = max(self.depth, int(k))
+        lists = [np.asarray(self.parts[n].recommend_queries(q, depth), dtype=np.int64) for n in self.part_names]
+        return self.score_lists(q, lists, k)
+
+
+def log_counts(popular_ids: np.ndarray, popular_counts: np.ndarray, ids: np.ndarray,
+               order: np.ndarray | None = None) -> np.ndarray:
+    """log(1 + count) of each of ``ids`` from (id, count) arrays; 0 for an id not among them."""
+    popular_ids = np.asarray(popular_ids, dtype=np.int64)
+    order = np.argsort(popular_ids, kind="stable") if order is None else order
+    sorted_ids = popular_ids[order]
+    ids = np.asarray(ids, dtype=np.int64)
+    if len(sorted_ids) == 0:
+        return np.zeros(len(ids))
+    at = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+    found = sorted_ids[at] == ids
+    return np.where(found, np.log1p(np.asarray(popular_counts, dtype=np.float64)[order][at]), 0.0)
+
+
+def part_scores(parts: dict, part_names: list[str], q: Queries, c: Candidates) -> dict[str, np.ndarray]:
+    """Each part's raw score of every candidate, for the parts that can give one (``candidate_scores``)."""
+    return {n: parts[n].candidate_scores(q, c.rows, c.ids) for n in part_names
+            if hasattr(parts[n], "candidate_scores")}

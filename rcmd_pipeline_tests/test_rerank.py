@@ -1,0 +1,147 @@
+"""Arithmetic of the learned re-ranker (recommenders/rerank.py) on hand-made lists."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from rcmd_pipeline.recommenders.base import PAD
+from rcmd_pipeline.recommenders.history import queries_from_histories
+from rcmd_pipeline.recommenders.rerank import (
+    Candidates,
+    Fitted,
+    Reranker,
+    candidates,
+    features,
+    fit_conditional_logit,
+    history_band,
+    log_counts,
+    rank_candidates,
+    row_normalised,
+    softmax_loss,
+)
+
+# query 0: history [5, 7] (prev 7); query 1: history [9] (prev 9)
+Q = queries_from_histories([[5, 7], [9]])
+A = np.array([[7, 1, 2, 5], [1, 3, PAD, PAD]])  # part "a": 7 is prev, 5 seen in query 0
+B = np.array([[2, 3, 4, 1], [9, 2, 1, 4]])  # part "b": 9 is prev of query 1
+
+
+class _Listed:
+    """A part that answers with fixed lists (and, optionally, fixed scores per (row, id))."""
+
+    def __init__(self, lists: np.ndarray, scores: dict | None = None) -> None:
+        self.lists, self._scores = lists, scores
+
+    def recommend_queries(self, q, k):
+        return self.lists[:, :k]
+
+
+def test_candidates_are_the_union_in_first_listing_order_with_each_parts_rank():
+    c = candidates(Q, [A, B])
+    assert c.rows.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    # query 0: a lists 7 (prev), 1, 2, 5 (seen); b lists 2, 3, 4, 1 -> 1, 2 first (from a), then 3, 4
+    # query 1: a lists 1, 3; b lists 9 (prev), 2, 1, 4
+    assert c.ids.tolist() == [1, 2, 3, 4, 1, 3, 2, 4]
+    assert c.ranks.tolist() == [[2, 4], [3, 1], [0, 2], [0, 3], [1, 3], [2, 0], [0, 2], [0, 4]]
+    assert c.n_queries == 2
+    keep_seen = candidates(Q, [A, B], exclude_seen=False)
+    assert keep_seen.ids[keep_seen.rows == 0].tolist() == [1, 2, 5, 3, 4]  # 5 comes back, prev 7 never
+
+
+def test_features_rank_bands_reciprocal_ranks_counts_and_interactions():
+    c = candidates(Q, [A, B])
+    log_count = np.log1p(np.arange(len(c.ids), dtype=float))
+    x, names = features(c, log_count, history_band(Q), ["a", "b"], interactions=False)
+    col = {n: i for i, n in enumerate(names)}
+    assert names[:8] == ["a:rank 1", "a:rank 2", "a:rank 3", "a:rank 4-5", "a:rank 6-10", "a:rank 11-20",
+                         "a:rank 21+", "a:1/r"]
+    row = x[0]  # movie 1 of query 0: a rank 2, b rank 4
+    assert row[col["a:rank 2"]] == 1 and row[col["b:rank 4-5"]] == 1
+    assert row[col["a:1/r"]] == 0.5 and row[col["b:1/r"]] == 0.25
+    assert x[2, col["a:1/r"]] == 0 and x[2, :7].sum() == 0  # movie 3 of query 0: not listed by a
+    assert x[:, col["log count"]].tolist() == log_count.tolist()
+    assert np.allclose(x[:, col["log count^2"]], log_count ** 2)
+    # query 0 has 2 earlier ratings (band 1: 2-5), query 1 has 1 (band 0: the baseline)
+    assert history_band(Q).tolist() == [1, 0]
+    xi, names_i = features(c, log_count, history_band(Q), ["a", "b"], interactions=True)
+    ci = {n: i for i, n in enumerate(names_i)}
+    assert "a:1/r x history band 0" not in ci  # the baseline band: a:1/r is the sum over bands
+    assert xi[0, ci["a:1/r x history band 1"]] == 0.5 and xi[4, ci["a:1/r x history band 1"]] == 0
+    assert xi[0, ci["a:1/r x b:1/r"]] == 0.125
+    assert xi[0, ci["log count x history band 1"]] == log_count[0]
+
+
+def test_scores_are_divided_by_the_querys_best_candidate_score():
+    c = Candidates(np.array([0, 0, 0, 2, 2]), np.array([1, 2, 3, 1, 2]), np.zeros((5, 1), np.int64), 3)
+    assert row_normalised(c, np.array([2.0, 1.0, 0.5, -1.0, 0.0])).tolist() == [1.0, 0.5, 0.25, 0.0, 0.0]
+    x, names = features(c, np.zeros(5), np.zeros(3, np.int64), ["a"], False, {"a": np.array([4.0, 1, 0, 3, 6])})
+    assert x[:, names.index("a:score/max")].tolist() == [1.0, 0.25, 0.0, 0.5, 1.0]
+
+
+def test_softmax_loss_and_gradient_by_hand_and_by_finite_differences():
+    # query 0: candidates with scores 1 and 0 (positive: the first); query 1: scores 0, 0, 2 (positive: the second)
+    x = np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0], [0.0, 0.0], [2.0, 0.0]])
+    rows = np.array([0, 0, 1, 1, 1])
+    positive = np.array([True, False, False, True, False])
+    w = np.array([1.0, 0.0])
+    loss, grad = softmax_loss(w, x, rows, positive, 2, l2=0.0)
+    expected = (-(1 - math.log(math.e + 1)) - (0 - math.log(1 + 1 + math.e ** 2))) / 2
+    assert loss == pytest.approx(expected, rel=1e-12)
+    w = np.array([0.3, -0.7])
+    loss, grad = softmax_loss(w, x, rows, positive, 2, l2=0.1)
+    eps = 1e-6
+    numeric = [(softmax_loss(w + eps * e, x, rows, positive, 2, 0.1)[0]
+                - softmax_loss(w - eps * e, x, rows, positive, 2, 0.1)[0]) / (2 * eps) for e in np.eye(2)]
+    assert np.allclose(grad, numeric, atol=1e-6)
+
+
+def test_fit_learns_the_feature_that_marks_the_next_movie_and_skips_queries_without_it():
+    rng = np.random.default_rng(0)
+    n, width = 60, 5
+    rows = np.repeat(np.arange(n), width)
+    ids = np.tile(np.arange(1, width + 1), n)
+    actual = rng.integers(1, width + 1, n)
+    actual[:3] = 99  # not among the candidates: no information, skipped
+    signal = (ids == actual[rows]).astype(float) + 0.1 * rng.standard_normal(len(ids))
+    noise = rng.standard_normal(len(ids))
+    c = Candidates(rows, ids, np.ones((len(ids), 1), np.int64), n)
+    fitted = fit_conditional_logit(np.column_stack([signal, noise]), c, actual, l2=1e-3)
+    assert fitted.queries_used == n - 3
+    assert fitted.weights[0] > 5 * abs(fitted.weights[1])
+    z = (np.column_stack([signal, noise]) - fitted.mean) / fitted.std
+    top = rank_candidates(c, z @ fitted.weights, 1)[:, 0]
+    assert (top[3:] == actual[3:]).all()
+
+
+def test_rank_candidates_ties_go_to_the_candidate_listed_first_and_short_rows_pad():
+    c = Candidates(np.array([0, 0, 0, 1]), np.array([30, 10, 20, 40]), np.zeros((4, 1), np.int64), 3)
+    out = rank_candidates(c, np.array([1.0, 2.0, 1.0, 0.5]), 2)
+    assert out.tolist() == [[10, 30], [40, PAD], [PAD, PAD]]
+
+
+def test_log_counts_of_known_and_unknown_movies():
+    out = log_counts(np.array([30, 10, 20]), np.array([7, 3, 0]), np.array([10, 20, 30, 99]))
+    assert out.tolist() == [math.log(4), 0.0, math.log(8), 0.0]
+
+
+def test_reranker_orders_by_the_learned_weights_fills_short_rows_and_survives_its_state():
+    parts = {"a": _Listed(A), "b": _Listed(B)}
+    names = ["a", "b"]
+    c = candidates(Q, [A, B])
+    x, cols = features(c, log_counts(np.array([1, 2, 3, 4]), np.array([1, 1, 1, 1]), c.ids), history_band(Q),
+                       names, interactions=False)
+    weights = np.zeros(len(cols))
+    weights[cols.index("b:1/r")] = 1.0  # part b's order alone
+    fitted = Fitted(weights, np.zeros(len(cols)), np.ones(len(cols)), 0, True)
+    rr = Reranker(parts, names, fitted, np.array([8, 7, 6, 5, 4]), np.array([9, 8, 7, 6, 5]),
+                  interactions=False, depth=4)
+    out = rr.recommend_queries(Q, 6)
+    # query 0: b's 2, 3, 4, 1 (1/r 1, 1/2, 1/3, 1/4); no more candidates: fill with 8, 6 (7 prev, 5 seen)
+    assert out[0].tolist() == [2, 3, 4, 1, 8, 6]
+    # query 1: b's 2, 1, 4 (ranks 2, 3, 4), then 3 (a only: 0); fill 8, 7 (9 is prev)
+    assert out[1].tolist() == [2, 1, 4, 3, 8, 7]
+    again = Reranker.from_state(rr.state(), parts)
+    assert np.array_equal(again.recommend_queries(Q, 6), out)
