@@ -27,7 +27,6 @@ from dagster._core.definitions.executor_definition import IN_PROC_CONFIG, MULTI_
 from rcmd_pipeline import operations, settings
 from rcmd_pipeline.assets import catalog, checks, embeddings, evaluation, movielens, tmdb
 from rcmd_pipeline.assets.strategies import strategy_assets, strategy_checks
-from rcmd_pipeline.lib.memory import share_one_malloc_arena
 from rcmd_pipeline.recommenders.registry import REGISTRY, Strategy
 from rcmd_pipeline.resources.embedder import embedder_from_environment
 from rcmd_pipeline.resources.lazy_input import LAZY, LazyInputManager
@@ -36,10 +35,6 @@ from rcmd_pipeline.resources.movie_db import movie_database_from_environment
 from rcmd_pipeline.resources.movielens import MovieLensFiles
 from rcmd_pipeline.resources.tmdb import tmdb_client_from_environment
 from rcmd_pipeline.resources.vector_store import vector_store_from_environment
-
-# Before any step starts a thread (the pair tables count on two): the run process keeps one malloc
-# arena, so what worker threads free is trimmed back between steps (lib/memory.py).
-share_one_malloc_arena()
 
 
 def assets_for(registry: Sequence[Strategy] = REGISTRY) -> list:

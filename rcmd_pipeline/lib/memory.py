@@ -37,23 +37,6 @@ def trim_heap() -> None:
         pass
 
 
-_M_ARENA_MAX = -8  # glibc's mallopt parameter number
-
-
-def share_one_malloc_arena() -> None:
-    """Make every thread allocate from glibc's main arena (``M_ARENA_MAX`` = 1); call it early, before
-    threads are started (an arena made before stays in use): what a worker frees is then trimmed back
-    like the main thread's. Per-thread arenas kept
-    what they once held: 60-70 MB after the pair-table threads of a 32M tuning, carried by every later
-    step of an in-process run (docs/benchmarks.md); one arena cost no time there (NumPy's large arrays
-    are mmap-ed anyway, and the GIL serialises Python's small allocations). Process-wide; a no-op off
-    glibc."""
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, 1)
-    except (OSError, AttributeError):
-        pass
-
-
 def release_memory(collect: bool = False) -> None:
     """:func:`trim_heap`, after collecting reference cycles when ``collect`` or in a process over 1 GiB
     (or of unknown size)."""
