@@ -207,6 +207,14 @@ def _source_groups(seq: _Sequences, n_shifts: int, block_codes: int) -> list[lis
     return groups
 
 
+_THREADS = max(1, min(2, os.cpu_count() or 1))
+"""Threads counting a pair table (two: the 2-core machines this runs on; more cores would need the
+block memory budget spread further)."""
+_THREAD_MIN_RATINGS = 8_000_000
+"""Below this one thread: the tuning's 2 M-rating fits gain 4 s from a second thread, and its malloc
+arena kept 60-70 MB that every later step of an in-process run (``movie_vectors`` next) carried."""
+
+
 def _kept_pairs(seq: _Sequences, specs: list[_PairSpec], block_codes: int, dense_cells: int):
     """Per block of source movies, for each spec (they differ only in ``shrink``): (source rank, place
     among its targets, target rank, value) of each source's ``top_k`` best targets, best first.
@@ -224,14 +232,6 @@ def _kept_pairs(seq: _Sequences, specs: list[_PairSpec], block_codes: int, dense
     with ThreadPoolExecutor(threads, thread_name_prefix="pair-table") as pool:
         for kept in pool.map(lambda group: list(_group_kept(seq, specs, group, dense_cells)), groups):
             yield from kept
-
-
-_THREADS = max(1, min(2, os.cpu_count() or 1))
-"""Threads counting a pair table (two: the 2-core machines this runs on; more cores would need the
-block memory budget spread further)."""
-_THREAD_MIN_RATINGS = 8_000_000
-"""Below this one thread: the tuning's 2 M-rating fits gain 4 s from a second thread, and its malloc
-arena kept 60-70 MB that every later step of an in-process run (``movie_vectors`` next) carried."""
 
 
 def _group_kept(seq: _Sequences, specs: list[_PairSpec], group: list[tuple[int, int]], dense_cells: int):

@@ -312,9 +312,8 @@ class OpenAIEmbedder(Embedder):
             failure: EmbedderError | None = None
             token_complaint: str | None = None
             try:
-                # base64: 4 bytes a float on the wire and one numpy read per vector (as floats, the client
-                # decodes into Python lists: 13 s of a 82,702 x 1536 catalogue)
-                # read as the plain JSON it is: the client's typed objects cost 6 s of 82,702 vectors
+                # base64, read as plain JSON (``_vectors``): the client's own decoding into Python lists of
+                # floats and typed objects cost 19 s of a 82,702 x 1536 catalogue (docs/embedder.md)
                 response = client.embeddings.with_raw_response.create(
                     input=batch, model=self.model, encoding_format="base64", **extra).http_response
             except openai.APIStatusError as exc:
