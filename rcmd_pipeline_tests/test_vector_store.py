@@ -526,3 +526,36 @@ def test_embedded_generation_made_before_digests_is_rebuilt_once(tmp_path: Path)
         first = session.sync(COLLECTION, IDS, VECTORS, PAYLOADS, model=MODEL)
         assert first["action"] == "rebuilt" and "no point hashes" in first["reason"]
         assert session.sync(COLLECTION, IDS, VECTORS, PAYLOADS, model=MODEL)["action"] == "kept"
+
+
+def test_embedded_rebuild_in_phases_keeps_its_segments_apart_and_answers_exactly(tmp_path: Path, monkeypatch):
+    """A catalogue larger than one build phase is written and indexed in phases (each its own segment,
+    so the index build never holds the whole catalogue twice); every answer is the same as in one
+    phase, and a nightly patch of such a generation works as on any other."""
+    from rcmd_pipeline.resources.vector_store import embedded as module
+
+    dimension = 256  # 1 KB a point: 3 points a phase; the engine counts segment sizes in whole kilobytes
+    monkeypatch.setattr(module, "BUILD_PHASE_BYTES", 3 * dimension * 4)
+    assert module.build_phases(len(IDS), dimension) == [(0, 2), (2, 5), (5, 8)]
+    vectors = circle_vectors([ANGLES[i] for i in IDS], dimension=dimension)
+    store = EmbeddedQdrantStore(path=str(tmp_path / "vectors"))
+    with store.open() as session:
+        stats = session.rebuild(COLLECTION, IDS, vectors, PAYLOADS, model=MODEL)
+        assert stats["points"] == len(IDS)
+        found, scores = session.neighbours(COLLECTION, IDS, 7)
+    for row, point in enumerate(IDS.tolist()):
+        expected_ids, expected_scores = expected_neighbours(point, 7)
+        assert found[row].tolist() == expected_ids and np.allclose(scores[row], expected_scores, atol=1e-4), point
+    manifest = json.loads((tmp_path / "vectors" / COLLECTION / "g000001" / "manifest.json").read_text())
+    assert manifest["build_phases"] == 3 and manifest["points"] == len(IDS)
+    assert manifest["segments"] >= 3  # one per phase (and the engine's empty appendable one)
+    keep = IDS != 17  # the nightly patch: 17 gone, 18 moved next to 11
+    moved = vectors[keep].copy()
+    moved[IDS[keep] == 18] = circle_vectors([5.0], dimension=dimension)
+    with store.open() as session:
+        stats = session.sync(COLLECTION, IDS[keep], moved, [p for p, k in zip(PAYLOADS, keep) if k], model=MODEL,
+                             max_changed_share=0.5)
+        assert (stats["action"], stats["upserted"], stats["deleted"]) == ("updated", 1, 1)
+        found, _ = session.neighbours(COLLECTION, np.array([11]), 3)
+        assert found[0].tolist() == [18, 12, 13]
+        assert session.info(COLLECTION)["points"] == len(IDS) - 1

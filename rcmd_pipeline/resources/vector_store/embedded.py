@@ -38,7 +38,21 @@ HNSW_EF_CONSTRUCT = 100
 FULL_SCAN_THRESHOLD_KB = 10_000
 RESCORE_OVERSAMPLING = 2.0
 
+BUILD_PHASE_BYTES = 256 << 20
+"""Most float32 vector bytes indexed in one phase of a rebuild. A larger catalogue is written and
+indexed in equal phases, each its own segment: the engine's index build holds the segment it reads
+and the one it writes, about 3x a phase's vectors (82,702 x 1536: one phase of 508 MB peaked
+1.6 GB above the process, two of 254 MB 0.9 GB; docs/vector_store.md)."""
+
 _SHARD = "shard"
+
+
+def build_phases(points: int, dimension: int) -> list[tuple[int, int]]:
+    """The ``[begin, end)`` row ranges a rebuild of ``points`` vectors of ``dimension`` writes and
+    indexes one after another: as few equal phases as keep each within :data:`BUILD_PHASE_BYTES`."""
+    count = max(1, -(-points * dimension * 4 // BUILD_PHASE_BYTES))
+    bounds = [points * i // count for i in range(count + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(count) if bounds[i + 1] > bounds[i]] or [(0, 0)]
 
 
 class EmbeddedQdrantStore(VectorStore):
@@ -104,8 +118,17 @@ class _EmbeddedSession(GenerationSession):
                 time.sleep(0.1)
         raise AssertionError("unreachable")
 
-    def _config(self, dimension: int) -> Any:
+    def _config(self, dimension: int, max_segment_points: int | None = None) -> Any:
+        """The shard's settings; ``max_segment_points``: a phased rebuild's largest phase, whose
+        segments are indexed one by one and never merged (None: one phase, the engine's defaults)."""
         q = self._q
+        optimizers = None
+        if max_segment_points is not None:
+            # in kilobytes of vectors: each phase's segment is indexed (over half a phase) and stays
+            # apart (two merged would pass 1.5 phases)
+            phase_kb = max_segment_points * dimension * 4 / 1024
+            optimizers = q.EdgeOptimizersConfig(indexing_threshold=max(1, int(phase_kb / 2)),
+                                                max_segment_size=max(2, int(phase_kb * 1.5)))
         return q.EdgeConfig(
             # full vectors on disk (read through the page cache, only to rescore a few candidates);
             # the int8 copy and the graph in RAM: building 82,702 x 1536 peaks 0.5 GB lower
@@ -114,6 +137,7 @@ class _EmbeddedSession(GenerationSession):
                                           full_scan_threshold=FULL_SCAN_THRESHOLD_KB),
             quantization_config=q.ScalarQuantizationConfig(type=q.ScalarType.Int8, always_ram=True),
             wal_enabled=False,
+            optimizers=optimizers,
         )
 
     def _search_params(self) -> Any:
@@ -173,17 +197,28 @@ class _EmbeddedSession(GenerationSession):
         dimension = int(points.vectors.shape[1])
         timings: dict[str, float] = {}
 
+        phases = build_phases(len(ids), dimension)
+
         def fill(folder: Path) -> tuple[Any, dict[str, Any]]:
-            shard = self._q.EdgeShard.create(str(folder / _SHARD), self._config(dimension))
+            largest = max(end - begin for begin, end in phases)
+            shard = self._q.EdgeShard.create(str(folder / _SHARD),
+                                             self._config(dimension, largest if len(phases) > 1 else None))
+            timings.update(upload_seconds=0.0, index_seconds=0.0)
             try:
-                t0 = time.perf_counter()
-                self._write_points(shard, ids, points.vectors, points.payloads)
-                points.written()  # the engine has them now: free ours before it builds the index
-                shard = self._reopened(shard, folder / _SHARD)
-                t1 = time.perf_counter()
-                shard.optimize()  # builds the HNSW index (and the quantised vectors); blocks until done
-                shard.flush()
-                t2 = time.perf_counter()
+                for number, (begin, end) in enumerate(phases):
+                    if number:  # let go of the mappings of the segment just indexed before the next is filled
+                        shard = self._reopened(shard, folder / _SHARD)
+                    t0 = time.perf_counter()
+                    self._write_points(shard, ids[begin:end], points.vectors[begin:end], points.payloads[begin:end])
+                    if end == len(ids):
+                        points.written()  # the engine has them all now: free ours before the last index build
+                    shard = self._reopened(shard, folder / _SHARD)
+                    t1 = time.perf_counter()
+                    shard.optimize()  # builds this phase's HNSW index (and quantised vectors); blocks until done
+                    shard.flush()
+                    t2 = time.perf_counter()
+                    timings["upload_seconds"] += t1 - t0
+                    timings["index_seconds"] += t2 - t1
                 count = self._count(shard)
                 if count != len(ids):
                     raise VectorStoreError(f"the new generation holds {count} points after writing {len(ids)}")
@@ -192,9 +227,9 @@ class _EmbeddedSession(GenerationSession):
                 with suppress(Exception):
                     shard.close()
                 raise
-            timings.update(upload_seconds=t1 - t0, index_seconds=t2 - t1)
             return shard, {**self._manifest(shard, model, dimension, count, "rebuild"), "engine": _engine(),
-                           "digest": points.digest, **{k: round(v, 3) for k, v in timings.items()}}
+                           "digest": points.digest, "build_phases": len(phases),
+                           **{k: round(v, 3) for k, v in timings.items()}}
 
         manifest = self._build(collection, fill)
         return {"collection": collection, "points": manifest["points"], "dimension": dimension, "model": model,
