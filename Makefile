@@ -23,8 +23,9 @@ setup: $(BIN)/.installed
 demo: setup
 	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/dg launch --assets '*'
 
+# one worker per core (pytest-xdist), each taking whole test modules (their module fixtures are built once)
 test: setup
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra -n auto --dist loadfile
 
 dev: setup
 	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/dg dev
