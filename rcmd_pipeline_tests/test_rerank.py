@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from rcmd_pipeline.evaluation.rerank_choice import Block, stack, take
 from rcmd_pipeline.recommenders.base import PAD
 from rcmd_pipeline.recommenders.history import queries_from_histories
 from rcmd_pipeline.recommenders.rerank import (
@@ -18,9 +19,12 @@ from rcmd_pipeline.recommenders.rerank import (
     fit_conditional_logit,
     history_band,
     log_counts,
+    part_names,
     rank_candidates,
     row_normalised,
     softmax_loss,
+    state_from_choice,
+    view_models,
 )
 
 # query 0: history [5, 7] (prev 7); query 1: history [9] (prev 9)
@@ -143,5 +147,55 @@ def test_reranker_orders_by_the_learned_weights_fills_short_rows_and_survives_it
     assert out[0].tolist() == [2, 3, 4, 1, 8, 6]
     # query 1: b's 2, 1, 4 (ranks 2, 3, 4), then 3 (a only: 0); fill 8, 7 (9 is prev)
     assert out[1].tolist() == [2, 1, 4, 3, 8, 7]
-    again = Reranker.from_state(rr.state(), parts)
+    again = Reranker.from_state(rr.state(), parts, np.array([8, 7, 6, 5, 4]), np.array([9, 8, 7, 6, 5]))
     assert np.array_equal(again.recommend_queries(Q, 6), out)
+    assert "popular_ids" not in rr.state()  # the popularity model's arrays, not the re-ranker's
+
+
+def test_a_stored_choice_gives_the_state_and_a_state_fitted_on_other_features_is_refused():
+    parts = {"a": _Listed(A), "b": _Listed(B)}
+    c = candidates(Q, [A, B])
+    popular = (np.array([8, 7, 6, 5, 4]), np.array([9, 8, 7, 6, 5]))
+    _, cols = features(c, log_counts(*popular, c.ids), history_band(Q), ["a", "b"], interactions=True)
+    weights = [1.0 if name == "b:1/r" else 0.0 for name in cols]
+    chosen = {"part_names": ["a", "b"], "feature_names": cols, "weights": weights, "mean": [0.0] * len(cols),
+              "std": [1.0] * len(cols), "interactions": True, "depth": 4, "exclude_seen": True, "scores": False,
+              "l2": 0.01, "views": False}
+    state = state_from_choice(chosen)
+    assert state["weights"].tolist() == weights and state["part_names"].tolist() == ["a", "b"]
+    assert state["use_scores"].item() is False and state["depth"].item() == 4
+    rr = Reranker.from_state(state, parts, *popular)
+    assert rr.recommend_queries(Q, 6)[0].tolist() == [2, 3, 4, 1, 8, 6]  # b's order, then the fill
+    other = {**state, "feature_names": np.array([*cols[:-1], "something else"])}
+    with pytest.raises(ValueError, match="other features"):
+        Reranker.from_state(other, parts, *popular).recommend_queries(Q, 6)
+    with pytest.raises(ValueError, match="feature names"):
+        Reranker.from_state({**state, "feature_names": np.array(cols[:3])}, parts, *popular)
+
+
+def test_blocks_of_queries_are_taken_and_stacked_with_renumbered_rows():
+    c = candidates(Q, [A, B])  # query 0: 4 candidates, query 1: 4
+    block = Block(c, np.arange(len(c.ids), dtype=np.float32)[:, None], np.array([3, 2]))
+    second = take(block, np.array([1]))
+    assert second.c.rows.tolist() == [0, 0, 0, 0] and second.c.ids.tolist() == [1, 3, 2, 4]
+    assert second.x[:, 0].tolist() == [4, 5, 6, 7] and second.actual.tolist() == [2] and second.c.n_queries == 1
+    both = stack([second, take(block, np.array([0]))])
+    assert both.c.rows.tolist() == [0] * 4 + [1] * 4 and both.c.n_queries == 2
+    assert both.c.ids.tolist() == [1, 3, 2, 4, 1, 2, 3, 4] and both.actual.tolist() == [2, 3]
+    assert both.c.ranks.tolist() == [*c.ranks[4:].tolist(), *c.ranks[:4].tolist()]
+
+
+def test_the_previous_movie_views_are_the_same_states_scored_from_the_last_movie():
+    from rcmd_pipeline.recommenders.seq_rules import SequentialRules
+
+    users = np.array([1, 1, 1, 2, 2, 2])
+    movies = np.array([10, 20, 30, 10, 20, 40])
+    times = np.array([1, 2, 3, 1, 2, 3])
+    state = SequentialRules.fit(users, movies, times, max_gap=2)
+    assert part_names(False) == ["next_movie", "seq_rules", "item_knn", "slist"]
+    assert part_names(True)[4:] == ["seq_rules@prev", "item_knn@prev", "slist@prev"]
+    view = view_models({"seq_rules": state})["seq_rules@prev"]
+    q = queries_from_histories([[10, 20]])
+    # the history's last movie only: 20 -> 30 and 20 -> 40 (1 each); the full history would add 10 -> 30/40 (1/2)
+    assert view.last_n == 1 and view.recommend_queries(q, 2).tolist() == [[30, 40]]
+    assert view.candidate_scores(q, np.array([0, 0]), np.array([30, 40])).tolist() == [1.0, 1.0]

@@ -26,7 +26,9 @@ then a learned ranking of the candidates).
 - **Ranking**: the k highest x . w per query; equal scores (to 12 decimals) go to the candidate
   listed first; rows short of candidates are filled with the most rated movies (as the parts do).
 
-Plain numpy/scipy, no Dagster imports. Not in the registry (see docs/evaluation.md).
+The registry strategy ``seq_rerank`` (``registry.py``): ``sequence_tuning`` chooses and fits it on the
+validation window (``evaluation/rerank_choice.py``); its model asset stores :meth:`Reranker.state`.
+Plain numpy/scipy, no Dagster imports.
 """
 
 from __future__ import annotations
@@ -38,12 +40,55 @@ from scipy.optimize import minimize
 
 from rcmd_pipeline.recommenders.base import PAD, append_usable
 from rcmd_pipeline.recommenders.history import Queries, history_lengths
-from rcmd_pipeline.recommenders.sequence_scoring import _excluded
+from rcmd_pipeline.recommenders.sequence_scoring import _excluded, _single_item_queries
 
 RANK_BANDS = ((1, 1), (2, 2), (3, 3), (4, 5), (6, 10), (11, 20), (21, None))
 """Rank bands (first, last or None) of a part's list, one indicator each; unlisted: all zero."""
 HISTORY_BANDS = ((None, 1), (2, 5), (6, 20), (21, None))
 """History-length bands (earlier ratings) for the interactions; 0 or 1 earlier rating is the first."""
+
+
+SEQUENCE_PARTS = ("seq_rules", "item_knn", "slist")
+BASE_PARTS = ("next_movie", *SEQUENCE_PARTS)
+"""The re-ranker's parts: the blend's (``seq_hybrid``), in its order."""
+VIEW = {"last_n": 1, "decay": "harmonic", "exclude_seen": True}
+"""A sequence model's previous-movie-only view: the same fitted state scored from the last movie alone."""
+
+
+def view_name(name: str) -> str:
+    return f"{name}@prev"
+
+
+def part_names(views: bool) -> list[str]:
+    """The lists the re-ranker reads: the blend's parts, then (``views``) the sequence models' views."""
+    return [*BASE_PARTS, *(view_name(n) for n in SEQUENCE_PARTS)] if views else list(BASE_PARTS)
+
+
+def view_models(states: dict) -> dict:
+    """The previous-movie-only view of each fitted sequence model (same state, :data:`VIEW`)."""
+    from rcmd_pipeline.recommenders.sequence import MODELS
+
+    return {view_name(n): MODELS[n].from_state(state, **VIEW) for n, state in states.items()}
+
+
+def sequence_members(next_movie, states: dict) -> dict:
+    """Every list a re-ranker may read: ``next_movie`` (a query recommender), the sequence models of
+    ``states`` (fitted, with their query parameters) and their views."""
+    from rcmd_pipeline.recommenders.sequence import load_model
+
+    return {"next_movie": next_movie, **{n: load_model(n, states[n]) for n in SEQUENCE_PARTS},
+            **view_models({n: states[n] for n in SEQUENCE_PARTS})}
+
+
+def state_from_choice(chosen: dict) -> dict[str, np.ndarray]:
+    """The ``seq_rerank`` model's arrays from what ``sequence_tuning`` chose and fitted (lists and values)."""
+    return {"part_names": np.array(chosen["part_names"], dtype=str),
+            "feature_names": np.array(chosen["feature_names"], dtype=str),
+            "weights": np.array(chosen["weights"], dtype=np.float64),
+            "mean": np.array(chosen["mean"], dtype=np.float64),
+            "std": np.array(chosen["std"], dtype=np.float64), "interactions": np.array(bool(chosen["interactions"])),
+            "depth": np.array(int(chosen["depth"])), "exclude_seen": np.array(bool(chosen["exclude_seen"])),
+            "use_scores": np.array(bool(chosen["scores"]))}
 
 
 @dataclass(frozen=True)
@@ -192,10 +237,10 @@ def fit_conditional_logit(x: np.ndarray, c: Candidates, actual: np.ndarray, l2: 
     has[c.rows[positive]] = True
     keep = has[c.rows]
     x, rows, positive = x[keep], c.rows[keep], positive[keep]
-    mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1])
-    std = x.std(axis=0) if len(x) else np.ones(x.shape[1])
+    mean = x.mean(axis=0, dtype=np.float64) if len(x) else np.zeros(x.shape[1])
+    std = x.std(axis=0, dtype=np.float64) if len(x) else np.ones(x.shape[1])
     std = np.where(std > 0, std, 1.0)
-    z = ((x - mean) / std).astype(np.float32)  # memory-bound products: float32 halves their time
+    z = standardised(x, mean, std)  # memory-bound products: float32 halves their time
     dense = np.cumsum(has) - 1  # query index among those used
     used = int(has.sum())
     if used == 0:
@@ -203,6 +248,24 @@ def fit_conditional_logit(x: np.ndarray, c: Candidates, actual: np.ndarray, l2: 
     result = minimize(softmax_loss, np.zeros(x.shape[1]), args=(z, dense[rows], positive, used, float(l2)),
                       jac=True, method="L-BFGS-B", options={"maxiter": max_iter})
     return Fitted(result.x, mean, std, used, bool(result.success))
+
+
+def standardised(x: np.ndarray, mean: np.ndarray, std: np.ndarray, block: int = 1 << 16) -> np.ndarray:
+    """``(x - mean) / std`` as float32, computed in float64 a block of rows at a time (no float64 copy of
+    a large ``x``)."""
+    out = np.empty(x.shape, dtype=np.float32)
+    for start in range(0, len(x), block):
+        out[start:start + block] = (x[start:start + block] - mean) / std
+    return out
+
+
+def fit_or_zero(x: np.ndarray, c: Candidates, actual: np.ndarray, l2: float, max_iter: int) -> Fitted:
+    """:func:`fit_conditional_logit`, or all-zero weights (candidates in first-listing order) when no
+    query has its next movie among its candidates (a tiny validation window): nothing to learn."""
+    actual = np.asarray(actual, dtype=np.int64)
+    if not (c.ids == actual[c.rows]).any():
+        return Fitted(np.zeros(x.shape[1]), np.zeros(x.shape[1]), np.ones(x.shape[1]), 0, True)
+    return fit_conditional_logit(x, c, actual, l2=l2, max_iter=max_iter)
 
 
 def rank_candidates(c: Candidates, score: np.ndarray, k: int) -> np.ndarray:
@@ -234,13 +297,21 @@ def fill_popular(out: np.ndarray, q: Queries, popular_ids: np.ndarray, exclude_s
 
 
 class Reranker:
-    """The fitted re-ranker over ``parts`` (query recommenders, in the order of ``part_names``)."""
+    """The fitted re-ranker over ``parts`` (query recommenders, in the order of ``part_names``).
+
+    ``popular_ids``/``popular_counts``: the rating count of each movie in the parts' training window
+    (the ``popularity`` model's arrays), for the log-count features and the fill of short rows. They
+    are not part of :meth:`state` (the ``popularity_model`` asset holds them). ``feature_names``,
+    when given, must be the names :func:`features` gives: a stored state fitted on another layout of
+    the features is refused rather than misread.
+    """
 
     name = "seq_rerank"
 
     def __init__(self, parts: dict, part_names: list[str], fitted: Fitted, popular_ids: np.ndarray,
                  popular_counts: np.ndarray, interactions: bool = True, depth: int = 50,
-                 exclude_seen: bool = True, use_scores: bool = False, extra_features=None) -> None:
+                 exclude_seen: bool = True, use_scores: bool = False, extra_features=None,
+                 feature_names: list[str] | None = None) -> None:
         missing = [n for n in part_names if n not in parts]
         if missing:
             raise ValueError(f"no part for {missing}")
@@ -250,6 +321,9 @@ class Reranker:
         self.interactions, self.depth, self.exclude_seen = bool(interactions), int(depth), bool(exclude_seen)
         self.use_scores = bool(use_scores)
         self.extra_features = extra_features  # (queries, candidates) -> {name: column}; not part of the state
+        self.feature_names = None if feature_names is None else [str(n) for n in feature_names]
+        if self.feature_names is not None and len(self.feature_names) != len(fitted.weights):
+            raise ValueError(f"{len(self.feature_names)} feature names for {len(fitted.weights)} weights")
         self._sorted = np.argsort(self.popular_ids, kind="stable")
 
     def log_count(self, ids: np.ndarray) -> np.ndarray:
@@ -257,26 +331,35 @@ class Reranker:
         return log_counts(self.popular_ids, self.popular_counts, ids, self._sorted)
 
     def state(self) -> dict[str, np.ndarray]:
-        return {"part_names": np.array(self.part_names, dtype=str), "weights": self.fitted.weights,
-                "mean": self.fitted.mean, "std": self.fitted.std, "popular_ids": self.popular_ids,
-                "popular_counts": self.popular_counts, "interactions": np.array(self.interactions),
-                "depth": np.array(self.depth), "exclude_seen": np.array(self.exclude_seen),
-                "use_scores": np.array(self.use_scores)}
+        """The fitted re-ranker as arrays: its weights and standardisation, the parts it reads and how."""
+        state = {"part_names": np.array(self.part_names, dtype=str), "weights": self.fitted.weights,
+                 "mean": self.fitted.mean, "std": self.fitted.std, "interactions": np.array(self.interactions),
+                 "depth": np.array(self.depth), "exclude_seen": np.array(self.exclude_seen),
+                 "use_scores": np.array(self.use_scores)}
+        if self.feature_names is not None:
+            state["feature_names"] = np.array(self.feature_names, dtype=str)
+        return state
 
     @classmethod
-    def from_state(cls, state: dict, parts: dict, extra_features=None) -> Reranker:
+    def from_state(cls, state: dict, parts: dict, popular_ids: np.ndarray, popular_counts: np.ndarray,
+                   extra_features=None) -> Reranker:
         fitted = Fitted(np.asarray(state["weights"], np.float64), np.asarray(state["mean"], np.float64),
                         np.asarray(state["std"], np.float64), 0, True)
-        return cls(parts, [str(n) for n in state["part_names"]], fitted, state["popular_ids"],
-                   state["popular_counts"], bool(state["interactions"]), int(state["depth"]),
-                   bool(state["exclude_seen"]), bool(state["use_scores"]), extra_features)
+        names = [str(n) for n in state["feature_names"]] if "feature_names" in state else None
+        return cls(parts, [str(n) for n in state["part_names"]], fitted, popular_ids, popular_counts,
+                   bool(state["interactions"]), int(state["depth"]), bool(state["exclude_seen"]),
+                   bool(state["use_scores"]), extra_features, names)
 
     def score_lists(self, q: Queries, lists: list[np.ndarray], k: int) -> np.ndarray:
         """Top-k from the parts' lists already computed (``lists`` in ``part_names`` order)."""
         c = candidates(q, lists, self.exclude_seen)
         scores = part_scores(self.parts, self.part_names, q, c) if self.use_scores else None
         extra = self.extra_features(q, c) if self.extra_features is not None else None
-        x, _ = features(c, self.log_count(c.ids), history_band(q), self.part_names, self.interactions, scores, extra)
+        x, names = features(c, self.log_count(c.ids), history_band(q), self.part_names, self.interactions, scores,
+                            extra)
+        if self.feature_names is not None and names != self.feature_names:
+            raise ValueError("the stored re-ranker was fitted on other features than these parts give: "
+                             f"{self.feature_names} != {names}")
         score = ((x - self.fitted.mean) / self.fitted.std) @ self.fitted.weights
         return fill_popular(rank_candidates(c, score, int(k)), q, self.popular_ids, self.exclude_seen)
 
@@ -284,6 +367,10 @@ class Reranker:
         depth = max(self.depth, int(k))
         lists = [np.asarray(self.parts[n].recommend_queries(q, depth), dtype=np.int64) for n in self.part_names]
         return self.score_lists(q, lists, k)
+
+    def recommend(self, prev_movie_ids, k: int) -> np.ndarray:
+        """The Recommender interface: a history of just the previous movie."""
+        return self.recommend_queries(_single_item_queries(prev_movie_ids), k)
 
 
 def log_counts(popular_ids: np.ndarray, popular_counts: np.ndarray, ids: np.ndarray,
