@@ -5,7 +5,8 @@
     python benchmarks/eval_real_small.py --data demo          # only data/demo (study defaults 1000/3000)
     python benchmarks/eval_real_small.py --data demo --full-grid   # tune on the larger grid instead
     python benchmarks/eval_real_small.py --data both --rerank      # seq_rerank too, as sequence_tuning chooses it
-    python benchmarks/eval_real_small.py --data both --rerank --rerank-earlier 0,1,2 --rerank-max-iter 200,600
+    python benchmarks/eval_real_small.py --data both --rerank --rerank-grid full   # the grid the asset's was cut from
+    python benchmarks/eval_real_small.py --data demo --rerank --rerank-max-iter 200,600
     python benchmarks/eval_real_small.py --data both --rerank --rerank-genres   # with a genre feature
     python benchmarks/eval_real_small.py --scale benchmarks/work/ml32m/ratings.parquet   # fit time/RSS
     python benchmarks/eval_real_small.py --data none --tune-scale benchmarks/work/ml32m/ratings.parquet
@@ -161,9 +162,9 @@ def evaluate(label: str, users, movies, times, min_movie_ratings: int, eval_size
     split = validation_split(users, movies, times, min_movie_ratings, eval_size)
     grids = dict(grids=FULL_GRIDS, query_grid=FULL_QUERY_GRID) if full_grid else {}
     extra_fn = genre_similarity(genres) if (rerank is not None and genres is not None) else None
-    if extra_fn is not None:
-        rerank = RerankOptions(grid={**(rerank.grid or RERANK_GRID), **GENRE_GRID}, max_iter=rerank.max_iter,
-                               extra=extra_fn)
+    if extra_fn is not None:  # the views on (they won on the demo, where the genre trial was made)
+        rerank = RerankOptions(grid=[p for p in expand_grid(rerank.grid or RERANK_GRID) if p["views"]],
+                               max_iter=rerank.max_iter, extra=extra_fn)
     choice = choose_sequence_parameters(lambda: (users, movies, times), split.final_cutoff, min_movie_ratings,
                                         eval_size, K, fixed={"slist": SLIST_ITEMS}, depth=DEPTH, max_len=MAX_LEN,
                                         log=lambda line: print(f"  [{label}] {line}", flush=True),
@@ -245,9 +246,8 @@ def evaluate(label: str, users, movies, times, min_movie_ratings: int, eval_size
 
 # ---------------------------------------------------------------------------- --rerank
 
-GENRE_GRID = {"views": [True]}
-"""``--rerank-genres``: the re-ranker's grid with the genre feature has the views on (they won on the demo
-without it, where the genre trial was made)."""
+FULL_RERANK_GRID = {"views": [False, True], "scores": [False, True], "l2": [1e-3, 1e-2, 1e-1], "earlier": [0, 1, 2]}
+"""``--rerank-grid full``: the grid sequence_tuning's (``rerank_choice.RERANK_GRID``) was cut from."""
 DEMO_MOVIES = ROOT / "data" / "demo" / "movies.csv"
 
 
@@ -470,8 +470,8 @@ def main() -> None:
                     help="also a learned re-ranker over the parts' lists (chosen by an inner split of validation)")
     ap.add_argument("--rerank-genres", action="store_true",
                     help="with --rerank: add the genre Jaccard of each candidate with the previous movie as a feature")
-    ap.add_argument("--rerank-earlier", help="with --rerank: earlier windows of training queries to choose from, "
-                                             "e.g. 0,1,2 (default: sequence_tuning's grid)")
+    ap.add_argument("--rerank-grid", choices=["asset", "full"], default="asset",
+                    help="with --rerank: sequence_tuning's grid, or the larger one it was cut from")
     ap.add_argument("--rerank-max-iter", help="with --rerank: L-BFGS iterations to choose from, e.g. 200,600")
     ap.add_argument("--json", help="write each data set's summary and table to this JSON file")
     ap.add_argument("--scale", help="a 32M-row ratings.parquet: time each fit in its own process")
@@ -494,11 +494,9 @@ def main() -> None:
         return
     rerank = None
     if args.rerank:
-        grid = dict(RERANK_GRID)
-        if args.rerank_earlier:
-            grid["earlier"] = [int(v) for v in args.rerank_earlier.split(",")]
+        grid = expand_grid(FULL_RERANK_GRID if args.rerank_grid == "full" else RERANK_GRID)
         if args.rerank_max_iter:
-            grid["max_iter"] = [int(v) for v in args.rerank_max_iter.split(",")]
+            grid = [{**p, "max_iter": int(v)} for p in grid for v in args.rerank_max_iter.split(",")]
         rerank = RerankOptions(grid=grid)
     results = []
     if args.data in ("real", "both"):

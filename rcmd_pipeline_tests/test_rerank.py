@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from rcmd_pipeline.evaluation.rerank_choice import Block, stack, take
+from rcmd_pipeline.evaluation.rerank_choice import Block, take
 from rcmd_pipeline.recommenders.base import PAD
 from rcmd_pipeline.recommenders.history import queries_from_histories
 from rcmd_pipeline.recommenders.rerank import (
@@ -16,6 +16,7 @@ from rcmd_pipeline.recommenders.rerank import (
     Reranker,
     candidates,
     features,
+    fit_blocks,
     fit_conditional_logit,
     history_band,
     log_counts,
@@ -173,16 +174,29 @@ def test_a_stored_choice_gives_the_state_and_a_state_fitted_on_other_features_is
         Reranker.from_state({**state, "feature_names": np.array(cols[:3])}, parts, *popular)
 
 
-def test_blocks_of_queries_are_taken_and_stacked_with_renumbered_rows():
+def test_blocks_of_queries_are_taken_with_renumbered_rows_and_fitted_together_as_one():
     c = candidates(Q, [A, B])  # query 0: 4 candidates, query 1: 4
     block = Block(c, np.arange(len(c.ids), dtype=np.float32)[:, None], np.array([3, 2]))
     second = take(block, np.array([1]))
     assert second.c.rows.tolist() == [0, 0, 0, 0] and second.c.ids.tolist() == [1, 3, 2, 4]
     assert second.x[:, 0].tolist() == [4, 5, 6, 7] and second.actual.tolist() == [2] and second.c.n_queries == 1
-    both = stack([second, take(block, np.array([0]))])
-    assert both.c.rows.tolist() == [0] * 4 + [1] * 4 and both.c.n_queries == 2
-    assert both.c.ids.tolist() == [1, 3, 2, 4, 1, 2, 3, 4] and both.actual.tolist() == [2, 3]
-    assert both.c.ranks.tolist() == [*c.ranks[4:].tolist(), *c.ranks[:4].tolist()]
+    assert second.c.ranks.tolist() == c.ranks[4:].tolist()
+    # two batches fitted together are one batch of both: same usable queries, standardisation and weights
+    rng = np.random.default_rng(3)
+    n, width = 40, 4
+    rows, ids = np.repeat(np.arange(n), width), np.tile(np.arange(1, width + 1), n)
+    actual = rng.integers(1, width + 2, n)  # some next movies (5) are no candidate
+    x = np.column_stack([(ids == actual[rows]) + rng.standard_normal(len(ids)), rng.standard_normal(len(ids))])
+    whole = Candidates(rows, ids, np.ones((len(ids), 1), np.int64), n)
+    one = fit_conditional_logit(x, whole, actual, l2=0.01)
+    half = (rows >= 25)
+    first = Candidates(rows[~half], ids[~half], np.ones((int((~half).sum()), 1), np.int64), 25)
+    later = Candidates(rows[half] - 25, ids[half], np.ones((int(half.sum()), 1), np.int64), n - 25)
+    two = fit_blocks([(x[~half], first, actual[:25]), (x[half], later, actual[25:])], l2=0.01)
+    assert two.queries_used == one.queries_used == int((actual <= width).sum())
+    assert np.allclose(two.mean, one.mean) and np.allclose(two.std, one.std)
+    assert np.allclose(two.weights, one.weights, atol=1e-6)
+    assert np.allclose(one.mean, x[np.isin(rows, np.flatnonzero(actual <= width))].mean(axis=0))
 
 
 def test_the_previous_movie_views_are_the_same_states_scored_from_the_last_movie():

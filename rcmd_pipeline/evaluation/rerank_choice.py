@@ -47,15 +47,18 @@ from rcmd_pipeline.recommenders.rerank import (
     part_scores,
     rank_candidates,
     sequence_members,
-    standardised,
 )
 from rcmd_pipeline.recommenders.seq_hybrid import PrevOnly, blend_lists
 from rcmd_pipeline.recommenders.sequence import fit_model
 
-RERANK_GRID = {"views": [False, True], "scores": [False, True], "l2": [1e-3, 1e-2, 1e-1], "earlier": [0]}
-"""What the inner split chooses: with the views of the three sequence models as parts of their own, the
-sequence models' scores (divided by the query's best) beside their ranks, the L2 strength, and how many
-earlier windows of training queries (see the module docstring)."""
+RERANK_GRID = [{"views": views, "scores": views, "l2": l2, "earlier": 1}
+               for views in (False, True) for l2 in (1e-3, 1e-2, 1e-1)]
+"""What the inner split chooses: the three sequence models' previous-movie views as parts of their own and
+the sequence models' scores (divided by the query's best) beside their ranks, both or neither; the L2
+strength. One earlier window of training queries. Cut from views x scores x L2 x earlier windows {0, 1, 2}
+(``eval_real_small.py --rerank --rerank-grid full``; docs/evaluation.md): on the demo and the real data the
+earlier window raised the inner figure (demo 0.7190 -> 0.7210, real 0.183 -> 0.192), a second one changed it
+by one or two pairs, views and scores apart never won, and each point costs two fits."""
 MAX_ITER = 200
 """L-BFGS iterations of each fit (unless the grid has a ``max_iter``)."""
 DEPTH = 50
@@ -126,8 +129,8 @@ def window_features(w: QueryWindow, views: bool, scores: bool,
     c = candidates(w.queries, [w.lists[n] for n in names])
     raw = part_scores(w.models, [n for n in names if n in w.models], w.queries, c) if scores else None
     x, cols = features(c, log_counts(w.popular_ids, w.popular_counts, c.ids), history_band(w.queries), names,
-                       True, raw, extra(w.queries, c) if extra is not None else None)
-    return c, x.astype(np.float32), cols
+                       True, raw, extra(w.queries, c) if extra is not None else None, dtype=np.float32)
+    return c, x, cols
 
 
 @dataclass(frozen=True)
@@ -148,19 +151,10 @@ def take(block: Block, idx: np.ndarray) -> Block:
     return Block(c, block.x[mask], block.actual[idx])
 
 
-def stack(blocks: list[Block]) -> Block:
-    """The blocks' queries one after the other."""
-    if len(blocks) == 1:
-        return blocks[0]
-    offsets = np.cumsum([0] + [b.c.n_queries for b in blocks])
-    c = Candidates(np.concatenate([b.c.rows + o for b, o in zip(blocks, offsets, strict=False)]),
-                   np.concatenate([b.c.ids for b in blocks]), np.concatenate([b.c.ranks for b in blocks]),
-                   int(offsets[-1]))
-    return Block(c, np.concatenate([b.x for b in blocks]), np.concatenate([b.actual for b in blocks]))
-
-
-def block_hit_ratio(block: Block, fitted, k: int) -> float:
-    score = standardised(block.x, fitted.mean, fitted.std).astype(np.float64) @ fitted.weights
+def block_hit_ratio(block: Block, fitted, k: int, rows: int = 1 << 16) -> float:
+    """HitRatio@k of the fitted weights on a block (scores a block of rows at a time, in float64)."""
+    score = np.concatenate([((block.x[s:s + rows] - fitted.mean) / fitted.std) @ fitted.weights
+                            for s in range(0, len(block.x), rows)]) if len(block.x) else np.zeros(0)
     return float(hits_at_k(rank_candidates(block.c, score, k), block.actual, k).mean())
 
 
@@ -239,12 +233,13 @@ def _choose_rerank(validation: QueryWindow, earlier: list[EarlierWindow], chosen
             c, x, cols = window_features(w, views, scores, extra)
             blocks.append(Block(c, x, w.actual))
         val_halves = [take(blocks[0], h) for h in half]
+        blocks[0] = None  # the halves are its copies
         for point in (p for p in points if (p["views"], p["scores"]) == (views, scores)):
             used = blocks[1:1 + point.get("earlier", 0)]
             hrs = []
             for fit_half in (0, 1):
-                train = stack([*used, val_halves[fit_half]])
-                fitted = fit_or_zero(train.x, train.c, train.actual, point["l2"], point.get("max_iter", max_iter))
+                fitted = fit_or_zero([(b.x, b.c, b.actual) for b in (*used, val_halves[fit_half])], point["l2"],
+                                     point.get("max_iter", max_iter))
                 hrs.append(block_hit_ratio(val_halves[1 - fit_half], fitted, k))
             hr = float(np.mean(hrs))
             rows.append({**point, "hit_ratio_first_to_second": hrs[0], "hit_ratio_second_to_first": hrs[1],
@@ -258,15 +253,14 @@ def _choose_rerank(validation: QueryWindow, earlier: list[EarlierWindow], chosen
     cols = built[0][2]
     blocks = [Block(c, x, w.actual) for (c, x, _), w in zip(built, windows, strict=False)]
     del built
-    train = stack(blocks[1:] + blocks[:1])
     max_iter = point.get("max_iter", max_iter)
-    fitted = fit_or_zero(train.x, train.c, train.actual, point["l2"], max_iter)
+    fitted = fit_or_zero([(b.x, b.c, b.actual) for b in (*blocks[1:], blocks[0])], point["l2"], max_iter)
     in_sample = block_hit_ratio(blocks[0], fitted, k)
     recall = float(np.isin(np.arange(blocks[0].c.n_queries),
                            blocks[0].c.rows[blocks[0].c.ids == blocks[0].actual[blocks[0].c.rows]]).mean())
     say(f"seq_rerank: chose {point} (inner HR@{k} {hr:.4f}, the blend's {hybrid_inner:.4f}); fitted on "
-        f"{train.c.n_queries} queries ({fitted.queries_used} with the next movie among the candidates; "
-        f"converged: {fitted.converged}); {time.perf_counter() - started:.1f} s")
+        f"{sum(b.c.n_queries for b in blocks)} queries ({fitted.queries_used} with the next movie among the "
+        f"candidates; converged: {fitted.converged}); {time.perf_counter() - started:.1f} s")
     out = {**point, "max_iter": int(max_iter), "depth": int(depth), "interactions": True, "exclude_seen": True,
            "part_names": part_names(point["views"]), "feature_names": cols,
            "weights": [float(v) for v in fitted.weights], "mean": [float(v) for v in fitted.mean],

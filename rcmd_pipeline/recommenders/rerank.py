@@ -152,7 +152,7 @@ def row_normalised(c: Candidates, values: np.ndarray) -> np.ndarray:
 
 def features(c: Candidates, log_count: np.ndarray, band: np.ndarray, part_names: list[str],
              interactions: bool = True, scores: dict[str, np.ndarray] | None = None,
-             extra: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, list[str]]:
+             extra: dict[str, np.ndarray] | None = None, dtype=np.float64) -> tuple[np.ndarray, list[str]]:
     """The feature matrix (one row per candidate) and its column names (see the module docstring).
 
     ``log_count`` is log(1 + training rating count) per candidate, ``band`` the history band per
@@ -161,8 +161,9 @@ def features(c: Candidates, log_count: np.ndarray, band: np.ndarray, part_names:
     candidate is the sum of the rank indicators; each part's 1/r is the sum of its products with
     the history bands, so the first band is the baseline). ``extra``: further named columns, one
     value per candidate, appended as they are (e.g. a content similarity to the previous movie).
+    ``dtype``: of the matrix (float32 halves what a large batch of candidates holds).
     """
-    cols, names = [], []
+    cols, names = _Columns(dtype), []
     rr = np.where(c.ranks > 0, 1.0 / np.maximum(c.ranks, 1), 0.0)
     for p, part in enumerate(part_names):
         r = c.ranks[:, p]
@@ -193,7 +194,23 @@ def features(c: Candidates, log_count: np.ndarray, band: np.ndarray, part_names:
     for name, values in (extra or {}).items():
         cols.append(np.asarray(values, dtype=np.float64))
         names.append(name)
-    return np.column_stack(cols) if cols else np.zeros((len(c.rows), 0)), names
+    return np.column_stack(cols) if cols else np.zeros((len(c.rows), 0), dtype=dtype), names
+
+
+class _Columns(list):
+    """A list of columns, each cast to ``dtype`` as it is appended."""
+
+    def __init__(self, dtype) -> None:
+        super().__init__()
+        self.dtype = dtype
+
+    def append(self, column) -> None:
+        super().append(np.asarray(column, dtype=self.dtype))
+
+    def __iadd__(self, columns):
+        for column in columns:
+            self.append(column)
+        return self
 
 
 def _segments(rows: np.ndarray, n: int) -> np.ndarray:
@@ -231,21 +248,54 @@ class Fitted:
 def fit_conditional_logit(x: np.ndarray, c: Candidates, actual: np.ndarray, l2: float = 0.01,
                           max_iter: int = 200) -> Fitted:
     """Fit the weights on the queries whose next movie (``actual``) is among their candidates."""
-    actual = np.asarray(actual, dtype=np.int64)
-    positive = c.ids == actual[c.rows]
-    has = np.zeros(c.n_queries, dtype=bool)
-    has[c.rows[positive]] = True
-    keep = has[c.rows]
-    x, rows, positive = x[keep], c.rows[keep], positive[keep]
-    mean = x.mean(axis=0, dtype=np.float64) if len(x) else np.zeros(x.shape[1])
-    std = x.std(axis=0, dtype=np.float64) if len(x) else np.ones(x.shape[1])
-    std = np.where(std > 0, std, 1.0)
-    z = standardised(x, mean, std)  # memory-bound products: float32 halves their time
-    dense = np.cumsum(has) - 1  # query index among those used
-    used = int(has.sum())
+    return fit_blocks([(x, c, actual)], l2, max_iter)
+
+
+_ROWS = 1 << 16
+
+
+def fit_blocks(blocks: list[tuple[np.ndarray, Candidates, np.ndarray]], l2: float = 0.01,
+               max_iter: int = 200) -> Fitted:
+    """:func:`fit_conditional_logit` on several batches of queries at once, ``(x, candidates, actual)``
+    each: their usable rows (queries whose next movie is a candidate) are gathered into one float32
+    matrix, standardised in place (mean and std accumulated in float64, a block of rows at a time), so
+    the fit holds one copy of the features beside the caller's."""
+    width = blocks[0][0].shape[1]
+    picked = []
+    for x, c, actual in blocks:
+        actual = np.asarray(actual, dtype=np.int64)
+        positive = c.ids == actual[c.rows]
+        has = np.zeros(c.n_queries, dtype=bool)
+        has[c.rows[positive]] = True
+        keep = np.flatnonzero(has[c.rows])
+        dense = np.cumsum(has) - 1  # query index among those used
+        picked.append((x, keep, dense[c.rows[keep]], positive[keep], int(has.sum())))
+    used = sum(p[4] for p in picked)
     if used == 0:
         raise ValueError("no query has its next movie among its candidates: nothing to learn")
-    result = minimize(softmax_loss, np.zeros(x.shape[1]), args=(z, dense[rows], positive, used, float(l2)),
+    z = np.empty((sum(len(p[1]) for p in picked), width), dtype=np.float32)
+    rows, positive, at, offset = [], [], 0, 0
+    for x, keep, dense, pos, n in picked:
+        for start in range(0, len(keep), _ROWS):
+            part = keep[start:start + _ROWS]
+            z[at:at + len(part)] = x[part]
+            at += len(part)
+        rows.append(dense + offset)
+        positive.append(pos)
+        offset += n
+    rows, positive = np.concatenate(rows), np.concatenate(positive)
+    mean = np.zeros(width)
+    for start in range(0, len(z), _ROWS):
+        mean += z[start:start + _ROWS].sum(axis=0, dtype=np.float64)
+    mean /= len(z)
+    var = np.zeros(width)
+    for start in range(0, len(z), _ROWS):
+        var += ((z[start:start + _ROWS] - mean) ** 2).sum(axis=0)
+    std = np.sqrt(var / len(z))
+    std = np.where(std > 0, std, 1.0)
+    for start in range(0, len(z), _ROWS):  # memory-bound products: float32 halves their time
+        z[start:start + _ROWS] = (z[start:start + _ROWS] - mean) / std
+    result = minimize(softmax_loss, np.zeros(width), args=(z, rows, positive, used, float(l2)),
                       jac=True, method="L-BFGS-B", options={"maxiter": max_iter})
     return Fitted(result.x, mean, std, used, bool(result.success))
 
@@ -259,13 +309,13 @@ def standardised(x: np.ndarray, mean: np.ndarray, std: np.ndarray, block: int = 
     return out
 
 
-def fit_or_zero(x: np.ndarray, c: Candidates, actual: np.ndarray, l2: float, max_iter: int) -> Fitted:
-    """:func:`fit_conditional_logit`, or all-zero weights (candidates in first-listing order) when no
-    query has its next movie among its candidates (a tiny validation window): nothing to learn."""
-    actual = np.asarray(actual, dtype=np.int64)
-    if not (c.ids == actual[c.rows]).any():
-        return Fitted(np.zeros(x.shape[1]), np.zeros(x.shape[1]), np.ones(x.shape[1]), 0, True)
-    return fit_conditional_logit(x, c, actual, l2=l2, max_iter=max_iter)
+def fit_or_zero(blocks: list[tuple[np.ndarray, Candidates, np.ndarray]], l2: float, max_iter: int) -> Fitted:
+    """:func:`fit_blocks`, or all-zero weights (candidates in first-listing order) when no query has
+    its next movie among its candidates (a tiny validation window): nothing to learn."""
+    if not any((c.ids == np.asarray(actual, dtype=np.int64)[c.rows]).any() for _, c, actual in blocks):
+        width = blocks[0][0].shape[1]
+        return Fitted(np.zeros(width), np.zeros(width), np.ones(width), 0, True)
+    return fit_blocks(blocks, l2=l2, max_iter=max_iter)
 
 
 def rank_candidates(c: Candidates, score: np.ndarray, k: int) -> np.ndarray:
