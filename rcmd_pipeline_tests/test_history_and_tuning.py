@@ -364,5 +364,7 @@ def test_earlier_windows_of_training_queries_each_come_before_the_next_with_part
         assert dict(zip(ids.tolist(), counts.tolist(), strict=True)) == dict(zip(*expected, strict=True))
         later_cutoff, before = earliest, times < earliest
     assert w.popular[1].sum() == int((times < w.tuning_cutoff).sum())
+    pop = PopularityRecommender(movies[times < w.tuning_cutoff])  # the same arrays as the popularity model's
+    assert np.array_equal(w.popular[0], pop.ranked_ids) and np.array_equal(w.popular[1], pop.ranked_counts)
     plain = _windows(lambda: (users, movies, times), cutoff, settings, 1000, None)
     assert plain.earlier == () and plain.popular is None and np.array_equal(plain.actual, w.actual)
