@@ -7,13 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from rcmd_pipeline.evaluation.rerank_choice import Block, take
 from rcmd_pipeline.recommenders.base import PAD
 from rcmd_pipeline.recommenders.history import queries_from_histories
 from rcmd_pipeline.recommenders.rerank import (
     Candidates,
     Fitted,
     Reranker,
+    _batch,
+    _folded_loss,
     candidates,
     features,
     fit_blocks,
@@ -174,13 +175,7 @@ def test_a_stored_choice_gives_the_state_and_a_state_fitted_on_other_features_is
         Reranker.from_state({**state, "feature_names": np.array(cols[:3])}, parts, *popular)
 
 
-def test_blocks_of_queries_are_taken_with_renumbered_rows_and_fitted_together_as_one():
-    c = candidates(Q, [A, B])  # query 0: 4 candidates, query 1: 4
-    block = Block(c, np.arange(len(c.ids), dtype=np.float32)[:, None], np.array([3, 2]))
-    second = take(block, np.array([1]))
-    assert second.c.rows.tolist() == [0, 0, 0, 0] and second.c.ids.tolist() == [1, 3, 2, 4]
-    assert second.x[:, 0].tolist() == [4, 5, 6, 7] and second.actual.tolist() == [2] and second.c.n_queries == 1
-    assert second.c.ranks.tolist() == c.ranks[4:].tolist()
+def test_batches_of_queries_fitted_together_are_one_batch_of_both_and_the_folded_loss_is_the_loss():
     # two batches fitted together are one batch of both: same usable queries, standardisation and weights
     rng = np.random.default_rng(3)
     n, width = 40, 4
@@ -196,7 +191,31 @@ def test_blocks_of_queries_are_taken_with_renumbered_rows_and_fitted_together_as
     assert two.queries_used == one.queries_used == int((actual <= width).sum())
     assert np.allclose(two.mean, one.mean) and np.allclose(two.std, one.std)
     assert np.allclose(two.weights, one.weights, atol=1e-6)
-    assert np.allclose(one.mean, x[np.isin(rows, np.flatnonzero(actual <= width))].mean(axis=0))
+    used = x[np.isin(rows, np.flatnonzero(actual <= width))]
+    assert np.allclose(one.mean, used.mean(axis=0)) and np.allclose(one.std, used.std(axis=0))
+    # the folded loss on the raw features is softmax_loss on the standardised usable rows, gradient too
+    keep = np.isin(rows, np.flatnonzero(actual <= width))
+    dense = np.cumsum(actual <= width) - 1
+    z = (x[keep] - one.mean) / one.std
+    w = np.array([0.7, -0.3])
+    batches = [_batch(x.astype(np.float32), whole, actual)]
+    positive = (ids == actual[rows])[keep]
+    reference = softmax_loss(w, z, dense[rows[keep]], positive, one.queries_used, 0.05)
+    folded = _folded_loss(w, batches, one.mean, one.std, one.queries_used, 0.05,
+                          x[keep][positive].sum(axis=0))
+    assert folded[0] == pytest.approx(reference[0], rel=1e-6) and np.allclose(folded[1], reference[1], atol=1e-6)
+
+
+def test_features_of_some_queries_are_those_rows_of_the_whole_windows_features():
+    from rcmd_pipeline.evaluation.rerank_choice import QueryWindow, window_features
+
+    w = QueryWindow(Q, np.array([3, 2]), {"next_movie": A, "seq_rules": B, "item_knn": A, "slist": B}, {},
+                    np.array([1, 2, 3, 4]), np.array([5, 4, 3, 2]))
+    c, x, cols = window_features(w, views=False, scores=False)
+    c1, x1, cols1 = window_features(w, views=False, scores=False, idx=np.array([1]))
+    assert cols1 == cols and c1.n_queries == 1 and c1.rows.tolist() == [0] * int((c.rows == 1).sum())
+    assert c1.ids.tolist() == c.ids[c.rows == 1].tolist() and np.array_equal(x1, x[c.rows == 1])
+    assert x.dtype == np.float32 and x.shape == (len(c.ids), len(cols))
 
 
 def test_the_previous_movie_views_are_the_same_states_scored_from_the_last_movie():

@@ -132,14 +132,17 @@ def fitted_window(earlier: EarlierWindow, chosen: dict, depth: int) -> QueryWind
     return query_window(earlier.queries, earlier.actual, states, earlier.popular, depth, train=earlier.train)
 
 
-def window_features(w: QueryWindow, views: bool, scores: bool,
-                    extra: Callable | None = None) -> tuple[Candidates, np.ndarray, list[str]]:
-    """The window's candidates and float32 feature matrix for one (views, scores) setting."""
+def window_features(w: QueryWindow, views: bool, scores: bool, extra: Callable | None = None,
+                    idx: np.ndarray | None = None) -> tuple[Candidates, np.ndarray, list[str]]:
+    """The window's candidates and float32 feature matrix for one (views, scores) setting; with ``idx``
+    (sorted), of those queries only (renumbered 0..len(idx)-1)."""
     names = part_names(views)
-    c = candidates(w.queries, [w.lists[n] for n in names])
-    raw = part_scores(w.models, [n for n in names if n in w.models], w.queries, c) if scores else None
-    x, cols = features(c, log_counts(w.popular_ids, w.popular_counts, c.ids), history_band(w.queries), names,
-                       True, raw, extra(w.queries, c) if extra is not None else None, dtype=np.float32)
+    q = w.queries if idx is None else subset_queries(w.queries, idx)
+    lists = [w.lists[n] if idx is None else w.lists[n][idx] for n in names]
+    c = candidates(q, lists)
+    raw = part_scores(w.models, [n for n in names if n in w.models], q, c) if scores else None
+    x, cols = features(c, log_counts(w.popular_ids, w.popular_counts, c.ids), history_band(q), names,
+                       True, raw, extra(q, c) if extra is not None else None, dtype=np.float32)
     return c, x, cols
 
 
@@ -150,15 +153,6 @@ class Block:
     c: Candidates
     x: np.ndarray
     actual: np.ndarray
-
-
-def take(block: Block, idx: np.ndarray) -> Block:
-    """The queries ``idx`` (sorted) of a block, renumbered 0..len(idx)-1."""
-    new_row = np.full(block.c.n_queries, -1, dtype=np.int64)
-    new_row[idx] = np.arange(len(idx))
-    mask = new_row[block.c.rows] >= 0
-    c = Candidates(new_row[block.c.rows[mask]], block.c.ids[mask], block.c.ranks[mask], len(idx))
-    return Block(c, block.x[mask], block.actual[idx])
 
 
 def block_hit_ratio(block: Block, fitted, k: int, rows: int = 1 << 16) -> float:
@@ -238,12 +232,12 @@ def _choose_rerank(validation: QueryWindow, earlier: list[EarlierWindow], chosen
     rows, best = [], None
     settings = list(dict.fromkeys((p["views"], p["scores"]) for p in points))
     for views, scores in settings:
-        blocks = []
-        for w in windows:
+        blocks = [None]  # the validation window only as its halves, built apart (no copy of the whole)
+        for w in windows[1:]:
             c, x, cols = window_features(w, views, scores, extra)
             blocks.append(Block(c, x, w.actual))
-        val_halves = [take(blocks[0], h) for h in half]
-        blocks[0] = None  # the halves are its copies
+        val_halves = [Block(*window_features(validation, views, scores, extra, h)[:2], validation.actual[h])
+                      for h in half]
         for point in (p for p in points if (p["views"], p["scores"]) == (views, scores)):
             used = blocks[1:1 + point.get("earlier", 0)]
             hrs = []

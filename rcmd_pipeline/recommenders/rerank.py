@@ -161,9 +161,14 @@ def features(c: Candidates, log_count: np.ndarray, band: np.ndarray, part_names:
     candidate is the sum of the rank indicators; each part's 1/r is the sum of its products with
     the history bands, so the first band is the baseline). ``extra``: further named columns, one
     value per candidate, appended as they are (e.g. a content similarity to the previous movie).
-    ``dtype``: of the matrix (float32 halves what a large batch of candidates holds).
+    ``dtype``: of the matrix (float32 halves what a large batch of candidates holds); the columns are
+    written into it as they are computed (no list of columns beside the matrix).
     """
-    cols, names = _Columns(dtype), []
+    n_parts, n_scored = len(part_names), sum(1 for part in part_names if scores is not None and part in scores)
+    width = n_parts * (len(RANK_BANDS) + 1) + n_scored + 2 + len(extra or {})
+    if interactions:
+        width += (len(HISTORY_BANDS) - 1) * (n_parts + 1) + n_parts * (n_parts - 1) // 2
+    cols, names = _Columns(len(c.rows), width, dtype), []
     rr = np.where(c.ranks > 0, 1.0 / np.maximum(c.ranks, 1), 0.0)
     for p, part in enumerate(part_names):
         r = c.ranks[:, p]
@@ -194,18 +199,20 @@ def features(c: Candidates, log_count: np.ndarray, band: np.ndarray, part_names:
     for name, values in (extra or {}).items():
         cols.append(np.asarray(values, dtype=np.float64))
         names.append(name)
-    return np.column_stack(cols) if cols else np.zeros((len(c.rows), 0), dtype=dtype), names
+    assert cols.filled == width == len(names), (cols.filled, width, len(names))
+    return cols.out, names
 
 
-class _Columns(list):
-    """A list of columns, each cast to ``dtype`` as it is appended."""
+class _Columns:
+    """The feature matrix, filled a column at a time."""
 
-    def __init__(self, dtype) -> None:
-        super().__init__()
-        self.dtype = dtype
+    def __init__(self, rows: int, width: int, dtype) -> None:
+        self.out = np.empty((rows, width), dtype=dtype)
+        self.filled = 0
 
     def append(self, column) -> None:
-        super().append(np.asarray(column, dtype=self.dtype))
+        self.out[:, self.filled] = column
+        self.filled += 1
 
     def __iadd__(self, columns):
         for column in columns:
@@ -254,48 +261,86 @@ def fit_conditional_logit(x: np.ndarray, c: Candidates, actual: np.ndarray, l2: 
 _ROWS = 1 << 16
 
 
+@dataclass(frozen=True)
+class _Batch:
+    """One batch of a fit: its features as given (not standardised, not copied) and what the loss needs."""
+
+    x: np.ndarray
+    starts: np.ndarray
+    """first row of each query that has candidates (rows are sorted by query)"""
+    segment: np.ndarray
+    """each row's index among those queries"""
+    used: np.ndarray
+    """per such query: its next movie is a candidate (it enters the loss)"""
+    positive: np.ndarray
+    """per such query used: the row of its next movie"""
+    row_used: np.ndarray
+
+
+def _batch(x: np.ndarray, c: Candidates, actual: np.ndarray) -> _Batch:
+    actual = np.asarray(actual, dtype=np.int64)
+    is_positive = c.ids == actual[c.rows]
+    nonempty = np.flatnonzero(np.diff(_segments(c.rows, c.n_queries)) > 0)
+    starts = _segments(c.rows, c.n_queries)[nonempty]
+    segment = np.searchsorted(nonempty, c.rows)
+    has = np.zeros(len(nonempty), dtype=bool)
+    has[segment[is_positive]] = True
+    positive = np.full(len(nonempty), -1, dtype=np.int64)
+    positive[segment[is_positive]] = np.flatnonzero(is_positive)
+    return _Batch(x, starts, segment, has, positive[has], has[segment])
+
+
+def _folded_loss(w: np.ndarray, batches: list[_Batch], mean: np.ndarray, std: np.ndarray, n: int, l2: float,
+                 sum_positive: np.ndarray) -> tuple[float, np.ndarray]:
+    """:func:`softmax_loss` of the standardised features ``(x - mean) / std`` without building them:
+    ``(x - mean) / std . w = x . v - mean . v`` with ``v = w / std``, and the gradient's ``mean`` terms
+    cancel (a query's probabilities sum to 1). ``sum_positive``: the sum of the used queries' positive rows."""
+    v = w / std
+    shift = float(mean @ v)
+    loss, grad = 0.0, -sum_positive.copy()
+    v32 = v.astype(np.float32)
+    for b in batches:
+        s = np.empty(len(b.x))
+        for start in range(0, len(b.x), _ROWS):
+            s[start:start + _ROWS] = b.x[start:start + _ROWS] @ v32
+        s -= shift
+        top = np.maximum.reduceat(s, b.starts)
+        e = np.exp(s - top[b.segment])
+        z = np.add.reduceat(e, b.starts)
+        loss += float(np.sum((top + np.log(z))[b.used]) - s[b.positive].sum())
+        p = np.where(b.row_used, e / z[b.segment], 0.0).astype(np.float32)
+        for start in range(0, len(b.x), _ROWS):
+            grad += (p[start:start + _ROWS] @ b.x[start:start + _ROWS]).astype(np.float64)
+    return loss / n + 0.5 * l2 * float(w @ w), grad / n / std + l2 * w
+
+
 def fit_blocks(blocks: list[tuple[np.ndarray, Candidates, np.ndarray]], l2: float = 0.01,
                max_iter: int = 200) -> Fitted:
     """:func:`fit_conditional_logit` on several batches of queries at once, ``(x, candidates, actual)``
-    each: their usable rows (queries whose next movie is a candidate) are gathered into one float32
-    matrix, standardised in place (mean and std accumulated in float64, a block of rows at a time), so
-    the fit holds one copy of the features beside the caller's."""
-    width = blocks[0][0].shape[1]
-    picked = []
-    for x, c, actual in blocks:
-        actual = np.asarray(actual, dtype=np.int64)
-        positive = c.ids == actual[c.rows]
-        has = np.zeros(c.n_queries, dtype=bool)
-        has[c.rows[positive]] = True
-        keep = np.flatnonzero(has[c.rows])
-        dense = np.cumsum(has) - 1  # query index among those used
-        picked.append((x, keep, dense[c.rows[keep]], positive[keep], int(has.sum())))
-    used = sum(p[4] for p in picked)
+    each, without a copy of their features: the mean and std of the usable rows (queries whose next
+    movie is a candidate) are accumulated in float64 a block of rows at a time, and the loss works on
+    the features as given (:func:`_folded_loss`), so a fit holds nothing of the size of ``x``."""
+    batches = [_batch(x, c, actual) for x, c, actual in blocks]
+    used = sum(int(b.used.sum()) for b in batches)
     if used == 0:
         raise ValueError("no query has its next movie among its candidates: nothing to learn")
-    z = np.empty((sum(len(p[1]) for p in picked), width), dtype=np.float32)
-    rows, positive, at, offset = [], [], 0, 0
-    for x, keep, dense, pos, n in picked:
-        for start in range(0, len(keep), _ROWS):
-            part = keep[start:start + _ROWS]
-            z[at:at + len(part)] = x[part]
-            at += len(part)
-        rows.append(dense + offset)
-        positive.append(pos)
-        offset += n
-    rows, positive = np.concatenate(rows), np.concatenate(positive)
-    mean = np.zeros(width)
-    for start in range(0, len(z), _ROWS):
-        mean += z[start:start + _ROWS].sum(axis=0, dtype=np.float64)
-    mean /= len(z)
-    var = np.zeros(width)
-    for start in range(0, len(z), _ROWS):
-        var += ((z[start:start + _ROWS] - mean) ** 2).sum(axis=0)
-    std = np.sqrt(var / len(z))
+    width = blocks[0][0].shape[1]
+    count, total = 0, np.zeros(width)
+    for b in batches:
+        for start in range(0, len(b.x), _ROWS):
+            rows = b.x[start:start + _ROWS][b.row_used[start:start + _ROWS]]
+            total += rows.sum(axis=0, dtype=np.float64)
+            count += len(rows)
+    mean = total / count
+    var, sum_positive = np.zeros(width), np.zeros(width)
+    for b in batches:
+        for start in range(0, len(b.x), _ROWS):
+            rows = b.x[start:start + _ROWS][b.row_used[start:start + _ROWS]]
+            var += ((rows - mean) ** 2).sum(axis=0)
+        sum_positive += b.x[b.positive].sum(axis=0, dtype=np.float64)
+    std = np.sqrt(var / count)
     std = np.where(std > 0, std, 1.0)
-    for start in range(0, len(z), _ROWS):  # memory-bound products: float32 halves their time
-        z[start:start + _ROWS] = (z[start:start + _ROWS] - mean) / std
-    result = minimize(softmax_loss, np.zeros(width), args=(z, rows, positive, used, float(l2)),
+    result = minimize(_folded_loss, np.zeros(width), args=(batches, mean, std, used, float(l2), sum_positive),
                       jac=True, method="L-BFGS-B", options={"maxiter": max_iter})
     return Fitted(result.x, mean, std, used, bool(result.success))
 
