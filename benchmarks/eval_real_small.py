@@ -9,7 +9,7 @@
     python benchmarks/eval_real_small.py --data demo --rerank --rerank-max-iter 200,600
     python benchmarks/eval_real_small.py --data both --rerank --rerank-genres   # with a genre feature
     python benchmarks/eval_real_small.py --scale benchmarks/work/ml32m/ratings.parquet   # fit time/RSS
-    python benchmarks/eval_real_small.py --data none --tune-scale benchmarks/work/ml32m/ratings.parquet
+    python benchmarks/eval_real_small.py --data none --tune-scale benchmarks/work/ml32m/ratings.parquet [--rerank]
 
 For each data set, what the pipeline does: ``sequence_tuning``'s choice on the validation window
 (``choose_sequence_parameters``: the validation pairs before the evaluation window, every grid
@@ -430,7 +430,7 @@ def _fit_one(path: str, name: str, cutoff: int | None, save: str | None = None) 
     return result
 
 
-def _tune_scale(path: str) -> dict:
+def _tune_scale(path: str, rerank: RerankOptions | None = None) -> dict:
     """``sequence_tuning``'s work on a 32M-row file, in this process: the ratings before the
     evaluation window loaded compactly (what the asset reads), then choose_sequence_parameters."""
     import psutil
@@ -446,7 +446,7 @@ def _tune_scale(path: str) -> dict:
 
     choice = choose_sequence_parameters(lambda: load_window(path, cutoff), cutoff, 1000, 3000, K,
                                         fixed={"slist": SLIST_ITEMS}, depth=DEPTH, max_len=MAX_LEN, log=progress,
-                                        max_training_ratings=TUNING_MAX_RATINGS)  # as the asset does
+                                        max_training_ratings=TUNING_MAX_RATINGS, rerank=rerank)  # as the asset does
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     result = {"cutoff": cutoff,
               "tune_wall_seconds": round(wall, 1), "tune_cpu_seconds": round(cpu, 1),
@@ -489,15 +489,15 @@ def main() -> None:
     if args.fit_one:
         _fit_one(*args.fit_one, cutoff=args.cutoff, save=args.save_state)
         return
-    if args.tune_scale:
-        _tune_scale(args.tune_scale)
-        return
     rerank = None
     if args.rerank:
         grid = expand_grid(FULL_RERANK_GRID if args.rerank_grid == "full" else RERANK_GRID)
         if args.rerank_max_iter:
             grid = [{**p, "max_iter": int(v)} for p in grid for v in args.rerank_max_iter.split(",")]
         rerank = RerankOptions(grid=grid)
+    if args.tune_scale:  # with --rerank: the re-ranker too, as sequence_tuning chooses it
+        _tune_scale(args.tune_scale, rerank)
+        return
     results = []
     if args.data in ("real", "both"):
         if REAL.exists():
