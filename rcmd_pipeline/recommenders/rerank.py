@@ -230,7 +230,8 @@ def softmax_loss(w: np.ndarray, x: np.ndarray, rows: np.ndarray, positive: np.nd
     """Mean over the ``n`` queries of -log P(positive | query) plus ``l2`` / 2 |w|^2, and its gradient.
 
     ``rows`` (sorted, values 0..n-1) gives each candidate's query; ``positive`` marks exactly one
-    candidate of each query.
+    candidate of each query. The plain form on standardised rows: the fits use :func:`_folded_loss`,
+    tested equal to it.
     """
     s = (x @ w.astype(x.dtype)).astype(np.float64)
     offsets = _segments(rows, n)  # every query has candidates (fit_conditional_logit keeps only those)
@@ -343,15 +344,6 @@ def fit_blocks(blocks: list[tuple[np.ndarray, Candidates, np.ndarray]], l2: floa
     result = minimize(_folded_loss, np.zeros(width), args=(batches, mean, std, used, float(l2), sum_positive),
                       jac=True, method="L-BFGS-B", options={"maxiter": max_iter})
     return Fitted(result.x, mean, std, used, bool(result.success))
-
-
-def standardised(x: np.ndarray, mean: np.ndarray, std: np.ndarray, block: int = 1 << 16) -> np.ndarray:
-    """``(x - mean) / std`` as float32, computed in float64 a block of rows at a time (no float64 copy of
-    a large ``x``)."""
-    out = np.empty(x.shape, dtype=np.float32)
-    for start in range(0, len(x), block):
-        out[start:start + block] = (x[start:start + block] - mean) / std
-    return out
 
 
 def fit_or_zero(blocks: list[tuple[np.ndarray, Candidates, np.ndarray]], l2: float, max_iter: int) -> Fitted:
