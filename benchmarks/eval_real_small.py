@@ -4,10 +4,12 @@
     python benchmarks/eval_real_small.py --data real          # only ../shared/data/real-movies-small
     python benchmarks/eval_real_small.py --data demo          # only data/demo (study defaults 1000/3000)
     python benchmarks/eval_real_small.py --data demo --full-grid   # tune on the larger grid instead
-    python benchmarks/eval_real_small.py --data both --rerank      # also the learned re-ranker (seq_rerank)
+    python benchmarks/eval_real_small.py --data both --rerank      # seq_rerank too, as sequence_tuning chooses it
+    python benchmarks/eval_real_small.py --data both --rerank --rerank-grid full   # the grid the asset's was cut from
+    python benchmarks/eval_real_small.py --data demo --rerank --rerank-max-iter 200,600
     python benchmarks/eval_real_small.py --data both --rerank --rerank-genres   # with a genre feature
     python benchmarks/eval_real_small.py --scale benchmarks/work/ml32m/ratings.parquet   # fit time/RSS
-    python benchmarks/eval_real_small.py --data none --tune-scale benchmarks/work/ml32m/ratings.parquet
+    python benchmarks/eval_real_small.py --data none --tune-scale benchmarks/work/ml32m/ratings.parquet [--rerank]
 
 For each data set, what the pipeline does: ``sequence_tuning``'s choice on the validation window
 (``choose_sequence_parameters``: the validation pairs before the evaluation window, every grid
@@ -37,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from rcmd_pipeline.evaluation.metrics import hits_at_k  # noqa: E402
 from rcmd_pipeline.evaluation.report import hit_ratio_interval, mcnemar_exact  # noqa: E402
+from rcmd_pipeline.evaluation.rerank_choice import RERANK_GRID, RerankOptions  # noqa: E402
 from rcmd_pipeline.evaluation.transitions import TransitionSettings  # noqa: E402
 from rcmd_pipeline.evaluation.tuning import (  # noqa: E402
     BLEND_PARTS,
@@ -53,17 +56,8 @@ from rcmd_pipeline.recommenders.history import HISTORY_BINS, build_queries, hist
 from rcmd_pipeline.recommenders.item_knn import ItemKNN  # noqa: E402
 from rcmd_pipeline.recommenders.next_movie import NextMovieRecommender  # noqa: E402
 from rcmd_pipeline.recommenders.popularity import PopularityRecommender  # noqa: E402
-from rcmd_pipeline.recommenders.rerank import (  # noqa: E402
-    Reranker,
-    candidates,
-    features,
-    fit_conditional_logit,
-    history_band,
-    log_counts,
-    part_scores,
-    rank_candidates,
-)
-from rcmd_pipeline.recommenders.seq_hybrid import PrevOnly, SequenceHybrid, blend_lists  # noqa: E402
+from rcmd_pipeline.recommenders.rerank import Reranker, sequence_members, state_from_choice  # noqa: E402
+from rcmd_pipeline.recommenders.seq_hybrid import PrevOnly, SequenceHybrid  # noqa: E402
 from rcmd_pipeline.recommenders.seq_rules import SequentialRules  # noqa: E402
 from rcmd_pipeline.recommenders.sequence import fit_model, load_model  # noqa: E402
 from rcmd_pipeline.recommenders.slist import SLIST  # noqa: E402
@@ -161,32 +155,43 @@ def _taste_part(users, movies, times, values, genres, split, choice, min_movie_r
 
 
 def evaluate(label: str, users, movies, times, min_movie_ratings: int, eval_size: int, full_grid: bool = False,
-             rerank: bool = False, genres: tuple | None = None, taste: tuple | None = None) -> dict:
+             rerank: RerankOptions | None = None, genres: tuple | None = None, taste: tuple | None = None) -> dict:
     """What the pipeline does: ``sequence_tuning`` (choose_sequence_parameters), the model assets'
     refit before the evaluation window, one scoring of every strategy on the evaluation pairs."""
     started = time.perf_counter()
     split = validation_split(users, movies, times, min_movie_ratings, eval_size)
     grids = dict(grids=FULL_GRIDS, query_grid=FULL_QUERY_GRID) if full_grid else {}
+    extra_fn = genre_similarity(genres) if (rerank is not None and genres is not None) else None
+    if extra_fn is not None:  # the views on (they won on the demo, where the genre trial was made)
+        rerank = RerankOptions(grid=[p for p in expand_grid(rerank.grid or RERANK_GRID) if p["views"]],
+                               max_iter=rerank.max_iter, extra=extra_fn)
     choice = choose_sequence_parameters(lambda: (users, movies, times), split.final_cutoff, min_movie_ratings,
                                         eval_size, K, fixed={"slist": SLIST_ITEMS}, depth=DEPTH, max_len=MAX_LEN,
                                         log=lambda line: print(f"  [{label}] {line}", flush=True),
-                                        max_training_ratings=TUNING_MAX_RATINGS, **grids)
+                                        max_training_ratings=TUNING_MAX_RATINGS, rerank=rerank, **grids)
     final_train = training_window(users, movies, times, split.final_cutoff)
     eq = build_queries(split.evaluation, users, movies, times, MAX_LEN)
     e_actual = split.evaluation["movieId"].to_numpy(np.int64)
     popularity = PopularityRecommender(final_train[1])
+    final_states = {name: fit_model(name, *final_train, choice.chosen[name]) for name in ("seq_rules", "item_knn",
+                                                                                           "slist")}
     parts = {"next_movie": PrevOnly(NextMovieRecommender(*final_train, fallback=popularity), "next_movie"),
-             **{name: load_model(name, fit_model(name, *final_train, choice.chosen[name]))
-                for name in ("seq_rules", "item_knn", "slist")}}
+             **{name: load_model(name, state) for name, state in final_states.items()}}
     hybrid = SequenceHybrid(parts, choice.chosen["seq_hybrid"], depth=DEPTH, exclude_seen=True)
     val_hr = dict(choice.validation_hit_ratio)
     extra = {}
     rerank_info = None
-    if rerank:
-        reranker, rerank_info = choose_rerank(label, users, movies, times, split.final_cutoff, min_movie_ratings,
-                                              eval_size, choice.chosen, final_train, parts, genres)
-        extra["seq_rerank"] = reranker
-        val_hr["seq_rerank"] = rerank_info["inner_hit_ratio"]
+    if rerank is not None:  # as seq_rerank_model + its hit ratio: the stored choice over the refitted parts
+        chosen = choice.chosen["seq_rerank"]
+        extra["seq_rerank"] = Reranker.from_state(
+            state_from_choice(chosen), sequence_members(parts["next_movie"], final_states), popularity.ranked_ids,
+            popularity.ranked_counts, extra_features=extra_fn)
+        rerank_info = {"chosen": {k: v for k, v in chosen.items() if k not in ("feature_names", "weights", "mean",
+                                                                               "std", "part_names")},
+                       "inner_hit_ratio": choice.inner_hit_ratio, "selected": choice.selected,
+                       "validation_in_sample": choice.validation_hit_ratio["seq_rerank"],
+                       "grid": choice.tables["seq_rerank"].to_dict("records"), **choice.info,
+                       "weights": dict(zip(chosen["feature_names"], chosen["weights"], strict=True))}
     taste_info = {}
     if taste is not None:  # (rating values, genre table)
         part = _taste_part(users, movies, times, taste[0], taste[1], split, choice, min_movie_ratings, eval_size,
@@ -220,8 +225,10 @@ def evaluate(label: str, users, movies, times, min_movie_ratings: int, eval_size
             row[f"hr[{bl}]"] = float(h[sel].mean()) if sel.any() else float("nan")
         rows.append(row)
     table = pd.DataFrame(rows).sort_values("hr", ascending=False).reset_index(drop=True)
-    tuned = [n for n in hits if n not in ("next_movie", "popularity")]
+    tuned = [n for n in hits if n not in ("next_movie", "popularity", "seq_rerank")]
     best_on_val = max(tuned, key=lambda n: val_hr[n])
+    if rerank is not None and best_on_val == "seq_hybrid":  # the two judged alike: sequence_tuning's selection
+        best_on_val = choice.selected
     best_part = max(("seq_rules", "item_knn", "slist"), key=lambda n: val_hr[n])
     summary = {
         "label": label, "ratings": int(len(users)), "min_movie_ratings": min_movie_ratings, "eval_size": eval_size,
@@ -239,26 +246,8 @@ def evaluate(label: str, users, movies, times, min_movie_ratings: int, eval_size
 
 # ---------------------------------------------------------------------------- --rerank
 
-RERANK_GRID = {"views": [False, True], "scores": [False, True], "interactions": [True], "l2": [1e-3, 1e-2, 1e-1]}
-"""The re-ranker's choices, made by the inner split of the validation window: the four blend parts
-alone or with their previous-movie-only views (``last_n`` 1, no refit), the sequence models' scores
-(divided by the query's best) beside their ranks, the L2 strength. The interaction features stay on:
-without them the inner split scored 0.000-0.002 lower at every other setting (a first run on the demo)."""
-VIEW = {"last_n": 1, "decay": "harmonic", "exclude_seen": True}
-
-
-def _part_lists(models: dict, names: list[str], queries, depth: int) -> dict[str, np.ndarray]:
-    return {n: np.asarray(models[n].recommend_queries(queries, depth), dtype=np.int64) for n in names}
-
-
-def _view_models(states: dict) -> dict:
-    """The previous-movie-only view of each fitted sequence model (same state, ``last_n`` 1)."""
-    from rcmd_pipeline.recommenders.sequence import MODELS
-    return {f"{n}@prev": MODELS[n].from_state(st, **VIEW) for n, st in states.items()}
-
-
-GENRE_GRID = {"views": [True], "scores": [False, True], "interactions": [True], "l2": [1e-3, 1e-2, 1e-1]}
-"""``--rerank-genres``: the grid with the genre feature (views on: they won on both data sets without it)."""
+FULL_RERANK_GRID = {"views": [False, True], "scores": [False, True], "l2": [1e-3, 1e-2, 1e-1], "earlier": [0, 1, 2]}
+"""``--rerank-grid full``: the grid sequence_tuning's (``rerank_choice.RERANK_GRID``) was cut from."""
 DEMO_MOVIES = ROOT / "data" / "demo" / "movies.csv"
 
 
@@ -306,113 +295,6 @@ def genre_similarity(table: tuple[np.ndarray, np.ndarray]):
     return extra
 
 
-def choose_rerank(label: str, users, movies, times, final_cutoff: int, min_movie_ratings: int, eval_size: int,
-                  chosen: dict, final_train: tuple, final_parts: dict,
-                  genres: tuple | None = None) -> tuple[Reranker, dict]:
-    """The re-ranker chosen and fitted on the validation window only, then built over the parts refitted
-    before the evaluation window (``final_parts``; their states for the views are refitted here).
-
-    Validation: the chosen parts (``choose_sequence_parameters``' values) fitted on the tuning window,
-    their top-``DEPTH`` lists on the validation queries. Inner split: the validation pairs in time
-    order, first half / second half; each grid point is fitted on one half and scored (HitRatio@10)
-    on the other, both ways; the best mean (ties: the earlier point) is refitted on all validation
-    pairs. The evaluation window is not read here.
-    """
-    say = lambda line: print(f"  [{label}] rerank: {line}", flush=True)  # noqa: E731
-    started = time.perf_counter()
-    queries, actual, train, _ = _validation_window(
-        lambda: (users, movies, times), final_cutoff,
-        TransitionSettings(min_movie_ratings=min_movie_ratings, eval_size=eval_size), MAX_LEN, TUNING_MAX_RATINGS)
-    names = ["seq_rules", "item_knn", "slist"]
-    states = {n: fit_model(n, *train, chosen[n]) for n in names}
-    models = {n: load_model(n, st) for n, st in states.items()}
-    models.update(_view_models(states))
-    lists = {"next_movie": _next_movie_lists(train, queries, DEPTH), **_part_lists(models, list(models), queries,
-                                                                                   DEPTH)}
-    pop = PopularityRecommender(train[1])
-    extra_fn = genre_similarity(genres) if genres is not None else None
-    base_names = ["next_movie", *names]
-    view_names = [f"{n}@prev" for n in names]
-    band = history_band(queries)
-    order = np.lexsort((np.arange(len(queries)), queries.times))
-    halves = (np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2:]))
-
-    def subset(idx: np.ndarray):
-        from rcmd_pipeline.recommenders.history import Queries
-        lengths = np.diff(queries.offsets)[idx]
-        offsets = np.zeros(len(idx) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        items = np.concatenate([queries.history(i) for i in idx]) if len(idx) else queries.items[:0]
-        q = Queries(queries.prev[idx], queries.users[idx], queries.times[idx], offsets, items,
-                    queries.n_earlier[idx])
-        return q, band[idx], actual[idx]
-
-    built = {}
-
-    def build(views: bool, scores: bool, interactions: bool, part: int | None):
-        key = (views, scores, interactions, part)
-        if key not in built:
-            use = base_names + (view_names if views else [])
-            idx = np.arange(len(queries)) if part is None else halves[part]
-            q, b, a = subset(idx)
-            c = candidates(q, [lists[n][idx] for n in use])
-            raw = part_scores(models, [n for n in use if n in models], q, c) if scores else None
-            x, cols = features(c, log_counts(pop.ranked_ids, pop.ranked_counts, c.ids), b, use, interactions, raw,
-                               extra_fn(q, c) if extra_fn is not None else None)
-            built[key] = (c, x, a, cols, use)
-        return built[key]
-
-    # the blend judged the same way (weights tuned on one half, scored on the other): its validation
-    # figure (tuned and scored on all pairs) is in-sample, the re-ranker's inner figure is not
-    hybrid_hrs = []
-    for fit_half in (0, 1):
-        q, _, a = subset(halves[fit_half])
-        weights = tune_blend({n: lists[n][halves[fit_half]] for n in base_names}, q, a, K).params
-        q2, _, a2 = subset(halves[1 - fit_half])
-        recs = blend_lists(q2, {n: lists[n][halves[1 - fit_half]] for n in base_names}, weights, K)
-        hybrid_hrs.append(float(hits_at_k(recs, a2, K).mean()))
-    say(f"seq_hybrid judged the same way: inner HR@10 {np.mean(hybrid_hrs):.4f} ({hybrid_hrs[0]:.4f}, "
-        f"{hybrid_hrs[1]:.4f})")
-
-    rows, best = [], None
-    for point in expand_grid(GENRE_GRID if genres is not None else RERANK_GRID):
-        hrs = []
-        for fit_half in (0, 1):
-            c, x, a, _, _ = build(point["views"], point["scores"], point["interactions"], fit_half)
-            fitted = fit_conditional_logit(x, c, a, l2=point["l2"])
-            c2, x2, a2, _, _ = build(point["views"], point["scores"], point["interactions"], 1 - fit_half)
-            recs = rank_candidates(c2, ((x2 - fitted.mean) / fitted.std) @ fitted.weights, K)
-            hrs.append(float(hits_at_k(recs, a2, K).mean()))
-        hr = float(np.mean(hrs))
-        rows.append({**point, "hr_fit_first": hrs[0], "hr_fit_second": hrs[1], "inner_hr": hr})
-        say(f"{point} inner HR@10 {hr:.4f} (fit on first half -> second {hrs[0]:.4f}, second -> first {hrs[1]:.4f}; "
-            f"{time.perf_counter() - started:.0f} s)")
-        if best is None or hr > best[0]:
-            best = (hr, point)
-    c_all, x_all, a_all, cols, use = build(best[1]["views"], best[1]["scores"], best[1]["interactions"], None)
-    fitted = fit_conditional_logit(x_all, c_all, a_all, l2=best[1]["l2"])
-    recall = float(np.isin(np.arange(len(queries)), c_all.rows[c_all.ids == a_all[c_all.rows]]).mean())
-    weights = {n: round(float(w), 4) for n, w in zip(cols, fitted.weights, strict=True)}
-    say(f"chosen {best[1]}; fitted on all {len(queries)} validation pairs ({fitted.queries_used} with the next "
-        f"movie among the candidates: candidate recall {recall:.4f}; converged {fitted.converged})")
-
-    # the parts as the model assets would have them: refitted before the evaluation window
-    eval_parts = dict(final_parts)
-    if best[1]["views"]:
-        final_states = {n: fit_model(n, *final_train, chosen[n]) for n in names}
-        eval_parts.update(_view_models(final_states))
-    final_pop = PopularityRecommender(final_train[1])
-    reranker = Reranker(eval_parts, use, fitted, final_pop.ranked_ids, final_pop.ranked_counts,
-                        interactions=best[1]["interactions"], depth=DEPTH, use_scores=best[1]["scores"],
-                        extra_features=extra_fn)
-    info = {"chosen": best[1], "genres": genres is not None, "inner_hit_ratio": best[0], "grid": rows,
-            "hybrid_inner_hit_ratio": float(np.mean(hybrid_hrs)), "hybrid_inner_halves": hybrid_hrs,
-            "validation_candidate_recall": recall,
-            "queries_used": fitted.queries_used, "weights": weights,
-            "seconds": round(time.perf_counter() - started, 1)}
-    return reranker, info
-
-
 def print_result(result: dict) -> None:
     s, table = result["summary"], result["table"]
     print(f"\n== {s['label']}: {s['ratings']:,} ratings, min_movie_ratings={s['min_movie_ratings']}, "
@@ -423,15 +305,17 @@ def print_result(result: dict) -> None:
         print(table.to_string(index=False))
     print("best on validation:", s["best_on_validation"], "| hybrid's best single part on validation:",
           s["best_single_part_on_validation"])
-    print("chosen:", json.dumps(s["chosen"], default=str))
+    print("chosen:", json.dumps({name: {k: v for k, v in params.items()
+                                        if k not in ("feature_names", "weights", "mean", "std")}
+                                 for name, params in s["chosen"].items()}, default=str))
     if "taste_chosen" in s:
         print("taste chosen:", json.dumps(s["taste_chosen"]), "| blend with taste:", json.dumps(s["blend_with_taste"]))
     if "rerank" in s:
         r = s["rerank"]
-        print("rerank chosen on the inner split:", r["chosen"], f"inner HR@10 {r['inner_hit_ratio']:.4f};",
-              f"validation candidate recall {r['validation_candidate_recall']:.4f};",
-              f"seq_hybrid's inner HR@10 {r['hybrid_inner_hit_ratio']:.4f};", f"{r['seconds']} s")
-        print("rerank weights (standardised features):", json.dumps(r["weights"]))
+        print("seq_rerank chosen on the inner split:", r["chosen"], "| inner HR@10:", r["inner_hit_ratio"],
+              f"| selected on validation: {r['selected']} | validation candidate recall {r['candidate_recall']:.4f}",
+              f"| queries used {r['queries_used']}, converged {r['converged']} | {r['seconds']} s")
+        print(pd.DataFrame(r["grid"]).to_string(index=False))
 
 
 def _narrowest(low: int, high: int) -> type:
@@ -546,7 +430,7 @@ def _fit_one(path: str, name: str, cutoff: int | None, save: str | None = None) 
     return result
 
 
-def _tune_scale(path: str) -> dict:
+def _tune_scale(path: str, rerank: RerankOptions | None = None) -> dict:
     """``sequence_tuning``'s work on a 32M-row file, in this process: the ratings before the
     evaluation window loaded compactly (what the asset reads), then choose_sequence_parameters."""
     import psutil
@@ -562,7 +446,7 @@ def _tune_scale(path: str) -> dict:
 
     choice = choose_sequence_parameters(lambda: load_window(path, cutoff), cutoff, 1000, 3000, K,
                                         fixed={"slist": SLIST_ITEMS}, depth=DEPTH, max_len=MAX_LEN, log=progress,
-                                        max_training_ratings=TUNING_MAX_RATINGS)  # as the asset does
+                                        max_training_ratings=TUNING_MAX_RATINGS, rerank=rerank)  # as the asset does
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     result = {"cutoff": cutoff,
               "tune_wall_seconds": round(wall, 1), "tune_cpu_seconds": round(cpu, 1),
@@ -586,6 +470,9 @@ def main() -> None:
                     help="also a learned re-ranker over the parts' lists (chosen by an inner split of validation)")
     ap.add_argument("--rerank-genres", action="store_true",
                     help="with --rerank: add the genre Jaccard of each candidate with the previous movie as a feature")
+    ap.add_argument("--rerank-grid", choices=["asset", "full"], default="asset",
+                    help="with --rerank: sequence_tuning's grid, or the larger one it was cut from")
+    ap.add_argument("--rerank-max-iter", help="with --rerank: L-BFGS iterations to choose from, e.g. 200,600")
     ap.add_argument("--json", help="write each data set's summary and table to this JSON file")
     ap.add_argument("--scale", help="a 32M-row ratings.parquet: time each fit in its own process")
     ap.add_argument("--fit-one", nargs=2, metavar=("PARQUET", "STRATEGY"),
@@ -602,22 +489,28 @@ def main() -> None:
     if args.fit_one:
         _fit_one(*args.fit_one, cutoff=args.cutoff, save=args.save_state)
         return
-    if args.tune_scale:
-        _tune_scale(args.tune_scale)
+    rerank = None
+    if args.rerank:
+        grid = expand_grid(FULL_RERANK_GRID if args.rerank_grid == "full" else RERANK_GRID)
+        if args.rerank_max_iter:
+            grid = [{**p, "max_iter": int(v)} for p in grid for v in args.rerank_max_iter.split(",")]
+        rerank = RerankOptions(grid=grid)
+    if args.tune_scale:  # with --rerank: the re-ranker too, as sequence_tuning chooses it
+        _tune_scale(args.tune_scale, rerank)
         return
     results = []
     if args.data in ("real", "both"):
         if REAL.exists():
             taste = (_rating_values(REAL), _real_genres()) if args.taste else None
             results.append(evaluate("real ratings_small", *_load(REAL), args.real_min_ratings,
-                                    args.real_eval_size, args.full_grid, args.rerank,
+                                    args.real_eval_size, args.full_grid, rerank,
                                     _genre_table("real") if args.rerank_genres else None, taste))
             print_result(results[-1])
         else:
             print(f"{REAL} is absent: skipping the real data set")
     if args.data in ("demo", "both"):
         taste = (_rating_values(DEMO), _demo_genres()) if args.taste else None
-        results.append(evaluate("demo", *_load(DEMO), 1000, 3000, args.full_grid, args.rerank,
+        results.append(evaluate("demo", *_load(DEMO), 1000, 3000, args.full_grid, rerank,
                                 _genre_table("demo") if args.rerank_genres else None, taste))
         print_result(results[-1])
     if args.json and results:

@@ -28,7 +28,7 @@ from rcmd_pipeline_tests.helpers import embedded_resources, small_run_config, sy
 SELECTION = ["movielens_ratings", "movielens_links", "tmdb_movie_info_kr", "movie_table", "series_table",
              "movie_overview_embeddings", "movie_vectors", "eval_transitions", "sequence_tuning",
              *(f"{name}_model" for name in ("random", "popularity", "next_movie", "seq_rules", "item_knn", "slist",
-                                           "seq_hybrid"))]
+                                           "seq_hybrid", "seq_rerank"))]
 NO_VECTOR = {5, 10}  # no overview: no vector
 CLEARED = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "RCMD_EMBEDDING_MODEL", "RCMD_EMBEDDING_DIMENSIONS", "QDRANT_URL",
            "QDRANT_API_KEY", "RCMD_QDRANT_COLLECTION", "RCMD_DATABASE_URL", "RCMD_TMDB_SNAPSHOT_DIR")
@@ -209,7 +209,7 @@ def test_user_recent_uses_the_latest_movies_with_a_vector(state):
     assert [r["movie_id"] for r in one] == [m for m in like_latest if m not in rated]
 
 
-@pytest.mark.parametrize("strategy", ["seq_rules", "seq_hybrid", "next_movie", "random"])
+@pytest.mark.parametrize("strategy", ["seq_rules", "seq_hybrid", "seq_rerank", "next_movie", "random"])
 def test_user_by_a_registered_strategy_answers_from_the_whole_history(capsys, state, strategy):
     ratings = state[2]
     user = 7

@@ -9,11 +9,14 @@ from dagster import materialize
 
 from rcmd_pipeline.assets.evaluation import HISTORY_MAX_LEN
 from rcmd_pipeline.definitions import all_assets
+from rcmd_pipeline.evaluation.rerank_choice import RerankOptions
 from rcmd_pipeline.evaluation.transitions import TransitionSettings, build_eval_transitions
 from rcmd_pipeline.evaluation.tuning import (
     BLEND_PARTS,
+    _windows,
     choose_sequence_parameters,
     decode_choice,
+    decode_selected,
     encode_choice,
     expand_grid,
     most_recent,
@@ -31,8 +34,10 @@ from rcmd_pipeline.recommenders.history import (
 from rcmd_pipeline.recommenders.item_knn import ItemKNN
 from rcmd_pipeline.recommenders.next_movie import NextMovieRecommender
 from rcmd_pipeline.recommenders.popularity import PopularityRecommender
+from rcmd_pipeline.recommenders.rerank import Fitted, Reranker, part_names, sequence_members
 from rcmd_pipeline.recommenders.seq_hybrid import PrevOnly, SequenceHybrid
 from rcmd_pipeline.recommenders.seq_rules import SequentialRules
+from rcmd_pipeline.recommenders.sequence import with_query_params
 from rcmd_pipeline.recommenders.slist import SLIST
 from rcmd_pipeline.recommenders.training import leakage_cutoff, training_window
 from rcmd_pipeline_tests.helpers import embedded_resources, small_run_config, write_dataset
@@ -106,6 +111,16 @@ def _strategies(train):
     parts = {"next_movie": PrevOnly(NextMovieRecommender(*train, fallback=pop)),
              "seq_rules": out["seq_rulesTrue"], "slist": out["slistFalse"]}
     out["seq_hybrid"] = SequenceHybrid(parts, {"next_movie": 0.5, "seq_rules": 1.0, "slist": 2.0}, depth=12)
+    # the re-ranker as its model asset loads it: the parts' states, their views, scores, fixed weights
+    states = {"seq_rules": with_query_params(sr, {"last_n": 3}),
+              "item_knn": with_query_params(knn, {"last_n": 3, "decay": "linear"}),
+              "slist": with_query_params(slist, {"last_n": 3})}
+    members = sequence_members(parts["next_movie"], states)
+    names = part_names(True)
+    n_features = 7 * 8 + 6 + 2 + 3 * 8 + 21  # 7 parts x (bands, 1/r), 6 scores, 2 counts, band products, pairs
+    weights = np.random.default_rng(11).standard_normal(n_features)
+    out["seq_rerank"] = Reranker(members, names, Fitted(weights, np.zeros(n_features), np.ones(n_features), 0, True),
+                                 pop.ranked_ids, pop.ranked_counts, depth=12, use_scores=True)
     return out
 
 
@@ -269,10 +284,12 @@ def test_the_sequence_choice_reads_nothing_of_the_evaluation_window():
     grids = {"seq_rules": {"max_gap": [1, 3]}, "item_knn": {"window": [3], "shrink": [0.0, 5.0]},
              "slist": {"window": [2], "alpha": [0.5, 1.0], "reg": [5.0]}}
     fixed = {"slist": {"min_count": 2, "max_items": 50}}
+    # the re-ranker too, with an earlier window of training queries (its parts refitted before it)
+    rerank = RerankOptions(grid={"views": [False, True], "scores": [True], "l2": [0.01], "earlier": [0, 1]})
 
     def choose(m):
         return choose_sequence_parameters(lambda: (users, m, times), cutoff, 5, 100, k=10, grids=grids, fixed=fixed,
-                                          depth=20)
+                                          depth=20, rerank=rerank)
 
     first = choose(movies)
     changed = _shuffle_evaluation_window(rng, movies, times, cutoff)
@@ -280,9 +297,15 @@ def test_the_sequence_choice_reads_nothing_of_the_evaluation_window():
         build_eval_transitions(users, movies, times, settings))  # the evaluation pairs did change
     second = choose(changed)
     assert second.chosen == first.chosen and second.validation_hit_ratio == first.validation_hit_ratio
+    assert second.inner_hit_ratio == first.inner_hit_ratio and second.selected == first.selected
+    inner = first.inner_hit_ratio  # the re-ranker only when it beats the blend on the inner split
+    assert first.selected == ("seq_rerank" if inner["seq_rerank"] > inner["seq_hybrid"] else "seq_hybrid")
+    assert len(first.chosen["seq_rerank"]["weights"]) == len(first.chosen["seq_rerank"]["feature_names"])
+    assert len(set(first.tables["seq_rerank"]["hit_ratio"])) > 1  # the re-ranker's grid discriminates too
     for name, table in first.tables.items():
         pd.testing.assert_frame_equal(second.tables[name], table)
     assert decode_choice(encode_choice(first)) == first.chosen
+    assert decode_selected(encode_choice(first)) == first.selected
     assert first.chosen["slist"]["max_items"] == 50 and set(first.chosen["seq_hybrid"]) == set(BLEND_PARTS)
     # the blend is at least its best part on validation, and the grid really discriminates
     assert first.validation_hit_ratio["seq_hybrid"] >= max(first.validation_hit_ratio[n] for n in BLEND_PARTS)
@@ -319,3 +342,29 @@ def test_the_choice_learns_from_at_most_the_most_recent_ratings_asked_for():
     # the 3 most recent are at 9, 5 and 3; both ratings at 3 (the boundary) stay, order is kept
     assert [a.tolist() for a in kept] == [[1, 2, 2, 3], [10, 12, 13, 14], [5, 3, 3, 9]]
     assert most_recent(window, 6) is window and most_recent(window, None) is window
+
+
+def test_earlier_windows_of_training_queries_each_come_before_the_next_with_parts_trained_before_them():
+    rng = np.random.default_rng(4)
+    users, movies, times = _ratings(rng, n_users=150)
+    settings = TransitionSettings(5, 60)
+    cutoff = leakage_cutoff(build_eval_transitions(users, movies, times, settings))
+    w = _windows(lambda: (users, movies, times), cutoff, settings, 1000, None, earlier=2)
+    assert len(w.earlier) == 2
+    # the validation window, then each earlier window: the same procedure on the ratings before the later one
+    later_cutoff, before = w.tuning_cutoff, times < w.tuning_cutoff
+    for window in w.earlier:
+        pairs = build_eval_transitions(users[before], movies[before], times[before], settings)
+        assert window.actual.tolist() == pairs["movieId"].tolist() and len(pairs) == 60
+        assert window.queries.times.max() < later_cutoff
+        earliest = int(pairs["timestamp"].min())
+        assert window.train[2].max() < earliest and len(window.train[2]) == int((times < earliest).sum())
+        ids, counts = window.popular  # every rating before the window, counted
+        expected = np.unique(movies[times < earliest], return_counts=True)
+        assert dict(zip(ids.tolist(), counts.tolist(), strict=True)) == dict(zip(*expected, strict=True))
+        later_cutoff, before = earliest, times < earliest
+    assert w.popular[1].sum() == int((times < w.tuning_cutoff).sum())
+    pop = PopularityRecommender(movies[times < w.tuning_cutoff])  # the same arrays as the popularity model's
+    assert np.array_equal(w.popular[0], pop.ranked_ids) and np.array_equal(w.popular[1], pop.ranked_counts)
+    plain = _windows(lambda: (users, movies, times), cutoff, settings, 1000, None)
+    assert plain.earlier == () and plain.popular is None and np.array_equal(plain.actual, w.actual)

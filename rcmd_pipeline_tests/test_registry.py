@@ -10,6 +10,7 @@ from rcmd_pipeline.assets.checks import evaluation_set_is_complete
 from rcmd_pipeline.assets.strategies import strategy_checks
 from rcmd_pipeline.cli import build_parser
 from rcmd_pipeline.definitions import assets_for, defs
+from rcmd_pipeline.evaluation.tuning import decode_selected
 from rcmd_pipeline.recommenders.base import PAD
 from rcmd_pipeline.recommenders.next_movie import NextMovieRecommender
 from rcmd_pipeline.recommenders.popularity import PopularityRecommender
@@ -95,6 +96,12 @@ def test_a_toy_strategy_gets_everything_from_one_registry_entry(tmp_path, small_
     assert board.loc["toy", "hit_ratio"] == pytest.approx(sum(expected) / len(expected))
     samples = result.output_for_node("sample_recommendations")
     assert "toy" in set(samples["strategy"])
+    # the leaderboard names the strategy selected on validation (by sequence_tuning), not the best on evaluation
+    selected = decode_selected(result.output_for_node("sequence_tuning"))
+    assert selected in ("seq_hybrid", "seq_rerank") and "seq_rerank" in board.index
+    board_meta = result.asset_materializations_for_node("strategy_leaderboard")[0].metadata
+    assert board_meta["selected_on_validation"].value == selected
+    assert board_meta["selected_hit_ratio"].value == pytest.approx(board.loc[selected, "hit_ratio"])
     evaluations = {e.check_name for e in result.get_asset_check_evaluations()}
     assert "toy_beats_random" in evaluations
 

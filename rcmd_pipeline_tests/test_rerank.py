@@ -13,14 +13,20 @@ from rcmd_pipeline.recommenders.rerank import (
     Candidates,
     Fitted,
     Reranker,
+    _batch,
+    _folded_loss,
     candidates,
     features,
+    fit_blocks,
     fit_conditional_logit,
     history_band,
     log_counts,
+    part_names,
     rank_candidates,
     row_normalised,
     softmax_loss,
+    state_from_choice,
+    view_models,
 )
 
 # query 0: history [5, 7] (prev 7); query 1: history [9] (prev 9)
@@ -143,5 +149,86 @@ def test_reranker_orders_by_the_learned_weights_fills_short_rows_and_survives_it
     assert out[0].tolist() == [2, 3, 4, 1, 8, 6]
     # query 1: b's 2, 1, 4 (ranks 2, 3, 4), then 3 (a only: 0); fill 8, 7 (9 is prev)
     assert out[1].tolist() == [2, 1, 4, 3, 8, 7]
-    again = Reranker.from_state(rr.state(), parts)
+    again = Reranker.from_state(rr.state(), parts, np.array([8, 7, 6, 5, 4]), np.array([9, 8, 7, 6, 5]))
     assert np.array_equal(again.recommend_queries(Q, 6), out)
+    assert "popular_ids" not in rr.state()  # the popularity model's arrays, not the re-ranker's
+
+
+def test_a_stored_choice_gives_the_state_and_a_state_fitted_on_other_features_is_refused():
+    parts = {"a": _Listed(A), "b": _Listed(B)}
+    c = candidates(Q, [A, B])
+    popular = (np.array([8, 7, 6, 5, 4]), np.array([9, 8, 7, 6, 5]))
+    _, cols = features(c, log_counts(*popular, c.ids), history_band(Q), ["a", "b"], interactions=True)
+    weights = [1.0 if name == "b:1/r" else 0.0 for name in cols]
+    chosen = {"part_names": ["a", "b"], "feature_names": cols, "weights": weights, "mean": [0.0] * len(cols),
+              "std": [1.0] * len(cols), "interactions": True, "depth": 4, "exclude_seen": True, "scores": False,
+              "l2": 0.01, "views": False}
+    state = state_from_choice(chosen)
+    assert state["weights"].tolist() == weights and state["part_names"].tolist() == ["a", "b"]
+    assert state["use_scores"].item() is False and state["depth"].item() == 4
+    rr = Reranker.from_state(state, parts, *popular)
+    assert rr.recommend_queries(Q, 6)[0].tolist() == [2, 3, 4, 1, 8, 6]  # b's order, then the fill
+    other = {**state, "feature_names": np.array([*cols[:-1], "something else"])}
+    with pytest.raises(ValueError, match="other features"):
+        Reranker.from_state(other, parts, *popular).recommend_queries(Q, 6)
+    with pytest.raises(ValueError, match="feature names"):
+        Reranker.from_state({**state, "feature_names": np.array(cols[:3])}, parts, *popular)
+
+
+def test_batches_of_queries_fitted_together_are_one_batch_of_both_and_the_folded_loss_is_the_loss():
+    # two batches fitted together are one batch of both: same usable queries, standardisation and weights
+    rng = np.random.default_rng(3)
+    n, width = 40, 4
+    rows, ids = np.repeat(np.arange(n), width), np.tile(np.arange(1, width + 1), n)
+    actual = rng.integers(1, width + 2, n)  # some next movies (5) are no candidate
+    x = np.column_stack([(ids == actual[rows]) + rng.standard_normal(len(ids)), rng.standard_normal(len(ids))])
+    whole = Candidates(rows, ids, np.ones((len(ids), 1), np.int64), n)
+    one = fit_conditional_logit(x, whole, actual, l2=0.01)
+    half = (rows >= 25)
+    first = Candidates(rows[~half], ids[~half], np.ones((int((~half).sum()), 1), np.int64), 25)
+    later = Candidates(rows[half] - 25, ids[half], np.ones((int(half.sum()), 1), np.int64), n - 25)
+    two = fit_blocks([(x[~half], first, actual[:25]), (x[half], later, actual[25:])], l2=0.01)
+    assert two.queries_used == one.queries_used == int((actual <= width).sum())
+    assert np.allclose(two.mean, one.mean) and np.allclose(two.std, one.std)
+    assert np.allclose(two.weights, one.weights, atol=1e-6)
+    used = x[np.isin(rows, np.flatnonzero(actual <= width))]
+    assert np.allclose(one.mean, used.mean(axis=0)) and np.allclose(one.std, used.std(axis=0))
+    # the folded loss on the raw features is softmax_loss on the standardised usable rows, gradient too
+    keep = np.isin(rows, np.flatnonzero(actual <= width))
+    dense = np.cumsum(actual <= width) - 1
+    z = (x[keep] - one.mean) / one.std
+    w = np.array([0.7, -0.3])
+    batches = [_batch(x.astype(np.float32), whole, actual)]
+    positive = (ids == actual[rows])[keep]
+    reference = softmax_loss(w, z, dense[rows[keep]], positive, one.queries_used, 0.05)
+    folded = _folded_loss(w, batches, one.mean, one.std, one.queries_used, 0.05,
+                          x[keep][positive].sum(axis=0))
+    assert folded[0] == pytest.approx(reference[0], rel=1e-6) and np.allclose(folded[1], reference[1], atol=1e-6)
+
+
+def test_features_of_some_queries_are_those_rows_of_the_whole_windows_features():
+    from rcmd_pipeline.evaluation.rerank_choice import QueryWindow, window_features
+
+    w = QueryWindow(Q, np.array([3, 2]), {"next_movie": A, "seq_rules": B, "item_knn": A, "slist": B}, {},
+                    np.array([1, 2, 3, 4]), np.array([5, 4, 3, 2]))
+    c, x, cols = window_features(w, views=False, scores=False)
+    c1, x1, cols1 = window_features(w, views=False, scores=False, idx=np.array([1]))
+    assert cols1 == cols and c1.n_queries == 1 and c1.rows.tolist() == [0] * int((c.rows == 1).sum())
+    assert c1.ids.tolist() == c.ids[c.rows == 1].tolist() and np.array_equal(x1, x[c.rows == 1])
+    assert x.dtype == np.float32 and x.shape == (len(c.ids), len(cols))
+
+
+def test_the_previous_movie_views_are_the_same_states_scored_from_the_last_movie():
+    from rcmd_pipeline.recommenders.seq_rules import SequentialRules
+
+    users = np.array([1, 1, 1, 2, 2, 2])
+    movies = np.array([10, 20, 30, 10, 20, 40])
+    times = np.array([1, 2, 3, 1, 2, 3])
+    state = SequentialRules.fit(users, movies, times, max_gap=2)
+    assert part_names(False) == ["next_movie", "seq_rules", "item_knn", "slist"]
+    assert part_names(True)[4:] == ["seq_rules@prev", "item_knn@prev", "slist@prev"]
+    view = view_models({"seq_rules": state})["seq_rules@prev"]
+    q = queries_from_histories([[10, 20]])
+    # the history's last movie only: 20 -> 30 and 20 -> 40 (1 each); the full history would add 10 -> 30/40 (1/2)
+    assert view.last_n == 1 and view.recommend_queries(q, 2).tolist() == [[30, 40]]
+    assert view.candidate_scores(q, np.array([0, 0]), np.array([30, 40])).tolist() == [1.0, 1.0]

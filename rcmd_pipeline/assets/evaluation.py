@@ -22,6 +22,7 @@ from rcmd_pipeline.assets import versioning
 from rcmd_pipeline.assets.strategies import (
     QUERIES_KEY,
     TRAINING_COLUMNS,
+    TUNING_KEY,
     hit_ratio_key,
     model_key,
     stored_models_loader,
@@ -31,7 +32,13 @@ from rcmd_pipeline.assets.strategies import (
 from rcmd_pipeline.evaluation import TransitionSettings, build_eval_transitions
 from rcmd_pipeline.evaluation.chart import leaderboard_png, markdown_image
 from rcmd_pipeline.evaluation.report import compare_to_best, leaderboard_markdown, strategy_report
-from rcmd_pipeline.evaluation.tuning import TUNING_MAX_RATINGS, choose_sequence_parameters, encode_choice
+from rcmd_pipeline.evaluation.rerank_choice import RerankOptions
+from rcmd_pipeline.evaluation.tuning import (
+    TUNING_MAX_RATINGS,
+    choose_sequence_parameters,
+    decode_selected,
+    encode_choice,
+)
 from rcmd_pipeline.recommenders.history import (
     HISTORY_BINS,
     Queries,
@@ -215,7 +222,8 @@ def _grid_markdown(table: pd.DataFrame, top: int = 12) -> str:
     table = table.sort_values("hit_ratio", ascending=False, kind="stable").head(top)
     columns = [c for c in table.columns if c != "n"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(f"{v:.4f}" if c == "hit_ratio" else str(v) for c, v in zip(columns, row, strict=True))
+    lines += ["| " + " | ".join(f"{v:.4f}" if c.startswith("hit_ratio") else str(v)
+                                for c, v in zip(columns, row, strict=True))
               + " |" for row in table[columns].itertuples(index=False)]
     return "\n".join(lines)
 
@@ -258,13 +266,19 @@ def sequence_tuning(context: AssetExecutionContext, config: SequenceTuningConfig
     choice = choose_sequence_parameters(
         ratings_before_evaluation, cutoff, *settings_, k=config.k,
         fixed={"slist": {"min_count": config.slist_min_count, "max_items": config.slist_max_items}},
-        log=context.log.info, max_training_ratings=config.max_training_ratings)
-    rows = ["| strategy | validation HitRatio@k | chosen |", "|---|---:|---|"]
-    rows += [f"| {name} | {hr:.4f} | {choice.chosen.get(name, 'its default (not tuned)')} |"
+        log=context.log.info, max_training_ratings=config.max_training_ratings, rerank=RerankOptions())
+    rows = ["| strategy | validation HitRatio@k | inner split | chosen |", "|---|---:|---:|---|"]
+    rows += [f"| {name} | {hr:.4f} | "
+             + (f"{choice.inner_hit_ratio[name]:.4f}" if name in choice.inner_hit_ratio else "")
+             + f" | {_short_choice(choice.chosen.get(name, 'its default (not tuned)'))} |"
              for name, hr in sorted(choice.validation_hit_ratio.items(), key=lambda kv: -kv[1])]
     metadata = {
         "chosen": MetadataValue.json(choice.chosen),
-        "validation": MetadataValue.md("\n".join(rows)),
+        "selected_on_validation": choice.selected,
+        "validation": MetadataValue.md("\n".join(rows) + SELECTION_NOTE),
+        **({"seq_rerank_weights": MetadataValue.md(_weights_markdown(choice.chosen["seq_rerank"]))}
+           if "seq_rerank" in choice.chosen else {}),
+        **{f"inner_hit_ratio_{name}": MetadataValue.float(hr) for name, hr in choice.inner_hit_ratio.items()},
         **{f"grid_{name}": MetadataValue.md(_grid_markdown(table)) for name, table in choice.tables.items()},
         **{f"validation_hit_ratio_{name}": MetadataValue.float(hr) for name, hr in choice.validation_hit_ratio.items()},
         "validation_pairs": choice.validation_pairs,
@@ -276,12 +290,35 @@ def sequence_tuning(context: AssetExecutionContext, config: SequenceTuningConfig
     return versioning.computed(encode_choice(choice), version, metadata)
 
 
+SELECTION_NOTE = (
+    "\n\nValidation HitRatio@k: each setting fitted before the validation window and scored on it (the blend's "
+    "weights and the re-ranker's fit are chosen on those same pairs, so theirs is in sample). Inner split: the "
+    "validation pairs in time order, fitted (weights tuned) on one half and scored on the other, both ways; "
+    "`selected_on_validation` is the better of `seq_hybrid` and `seq_rerank` there.")
+_ARRAYS = ("part_names", "feature_names", "weights", "mean", "std")
+
+
+def _short_choice(chosen) -> str:
+    """A chosen setting without the re-ranker's fitted arrays (they have their own table)."""
+    return str({k: v for k, v in chosen.items() if k not in _ARRAYS}) if isinstance(chosen, dict) else str(chosen)
+
+
+def _weights_markdown(chosen: dict, top: int = 25) -> str:
+    """The re-ranker's largest weights (of standardised features), by absolute value."""
+    pairs = sorted(zip(chosen["feature_names"], chosen["weights"], strict=True), key=lambda fw: -abs(fw[1]))
+    lines = [f"{len(pairs)} features over {', '.join(chosen['part_names'])}; the {min(top, len(pairs))} largest "
+             "weights (standardised features):", "", "| feature | weight |", "|---|---:|"]
+    return "\n".join(lines + [f"| {name} | {weight:+.4f} |" for name, weight in pairs[:top]])
+
+
 LEADERBOARD_RATINGS = ["movieId", "timestamp"]
 """What the leaderboard reads of the ratings: popularity before the evaluation window."""
 
 
 def build_leaderboard(registry: Sequence[Strategy] = REGISTRY):
-    """``strategy_leaderboard`` over every strategy of ``registry``."""
+    """``strategy_leaderboard`` over every strategy of ``registry`` (and ``sequence_tuning``, for the strategy
+    selected on validation, when a strategy of ``registry`` is tuned)."""
+    tuned = {TUNING_KEY: AssetIn(input_manager_key=LAZY)} if any(Needs.TUNED in s.needs for s in registry) else {}
 
     @asset(
         group_name=GROUP,
@@ -292,6 +329,7 @@ def build_leaderboard(registry: Sequence[Strategy] = REGISTRY):
             QUERIES_KEY: AssetIn(input_manager_key=LAZY),
             "tmdb_movie_info_kr": AssetIn(input_manager_key=LAZY),
             "movielens_ratings": AssetIn(metadata={"columns": LEADERBOARD_RATINGS}, input_manager_key=LAZY),
+            **tuned,
         },
         required_resource_keys={"local_state"},
     )
@@ -316,8 +354,9 @@ def build_leaderboard(registry: Sequence[Strategy] = REGISTRY):
         flags = previous_movie_flags(pairs["prev_movieId"].to_numpy(), inputs["tmdb_movie_info_kr"].load())
         board = leaderboard_table(scores, pairs["movieId"].to_numpy(), popularity, catalog_size, flags, registry)
         bins = history_bin_labels(stored_queries(inputs[QUERIES_KEY], pairs))
+        selected = decode_selected(inputs[TUNING_KEY].load()) if TUNING_KEY in inputs else None
         return versioning.computed(board.reset_index(drop=True), version,
-                                   leaderboard_metadata(board, scores, bins, len(pairs), cutoff))
+                                   leaderboard_metadata(board, scores, bins, len(pairs), cutoff, selected))
 
     return strategy_leaderboard
 
@@ -355,8 +394,12 @@ def previous_movie_split_markdown(board: pd.DataFrame) -> str:
 
 
 def leaderboard_metadata(board: pd.DataFrame, scores: list[dict], bins: np.ndarray, pair_count: int,
-                         cutoff: int) -> dict:
-    """The leaderboard's metadata: the table, its chart, the two splits, and one float per strategy."""
+                         cutoff: int, selected: str | None = None) -> dict:
+    """The leaderboard's metadata: the table, its chart, the two splits, and one float per strategy.
+
+    ``best`` is the best on the evaluation window (for the record: choosing by it would be choosing on
+    the answers); ``selected_on_validation`` is the strategy ``sequence_tuning`` selected without them,
+    with its evaluation figure and its ratio to ``next_movie``."""
     hits = {s["strategy"]: np.asarray(s["hits"], dtype=bool) for s in scores}
     k = int(board["k"].iloc[0])
     metadata = {
@@ -366,12 +409,25 @@ def leaderboard_metadata(board: pd.DataFrame, scores: list[dict], bins: np.ndarr
         "hit_ratio_by_history_length": MetadataValue.md(history_split_markdown(board["strategy"], hits, bins)),
         "hit_ratio_by_previous_movie": MetadataValue.md(previous_movie_split_markdown(board)),
         "best": str(board.iloc[0]["strategy"]),
+        **_selected_metadata(board, selected),
         "training_cutoff": MetadataValue.timestamp(float(cutoff)),
         "dagster/row_count": len(board),
     }
     # one float per strategy, so the UI plots each across runs
     metadata.update({f"hit_ratio_{r.strategy}": MetadataValue.float(float(r.hit_ratio)) for r in board.itertuples()})
     return metadata
+
+
+def _selected_metadata(board: pd.DataFrame, selected: str | None) -> dict:
+    rows = board.set_index("strategy")
+    if selected is None or selected not in rows.index:
+        return {}
+    out = {"selected_on_validation": selected,
+           "selected_hit_ratio": MetadataValue.float(float(rows.at[selected, "hit_ratio"]))}
+    if "next_movie" in rows.index and rows.at["next_movie", "hit_ratio"] > 0:
+        out["selected_x_next_movie"] = MetadataValue.float(
+            round(float(rows.at[selected, "hit_ratio"] / rows.at["next_movie", "hit_ratio"]), 4))
+    return out
 
 
 def history_split_markdown(order, hits: dict, bins: np.ndarray) -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -33,7 +33,7 @@ from rcmd_pipeline.recommenders.item_knn import ItemKNN
 from rcmd_pipeline.recommenders.next_movie import NextMovieRecommender
 from rcmd_pipeline.recommenders.popularity import PopularityRecommender
 from rcmd_pipeline.recommenders.seq_hybrid import PrevOnly, blend_lists
-from rcmd_pipeline.recommenders.sequence import MODELS, split_params
+from rcmd_pipeline.recommenders.sequence import MODELS, split_params, with_query_params
 from rcmd_pipeline.recommenders.slist import SLIST
 from rcmd_pipeline.recommenders.training import leakage_cutoff, training_window
 
@@ -162,6 +162,12 @@ class SequenceChoice:
     validation_pairs: int
     tuning_cutoff: int
     final_cutoff: int
+    inner_hit_ratio: dict[str, float] = field(default_factory=dict)
+    """``seq_hybrid`` and ``seq_rerank`` judged alike by the inner split of the validation pairs (fitted on
+    one half, scored on the other, both ways; empty without the re-ranker)"""
+    selected: str = "seq_hybrid"
+    """the strategy selected on validation: ``seq_rerank`` when its inner figure beats the blend's"""
+    info: dict = field(default_factory=dict)
 
 
 def _fits(name: str, train: tuple, fit_grid: dict, fixed: dict):
@@ -190,6 +196,30 @@ def _validation_window(ratings: Callable[[], tuple], final_cutoff: int, settings
     """(validation queries, their next movies, the tuning window capped to its most recent
     ``max_training_ratings``, the tuning cutoff) from the ratings strictly before ``final_cutoff``;
     the ratings are let go when this returns (memory at 32M)."""
+    w = _windows(ratings, final_cutoff, settings, max_len, max_training_ratings)
+    return w.queries, w.actual, w.train, w.tuning_cutoff
+
+
+@dataclass(frozen=True)
+class _Windows:
+    queries: Queries
+    actual: np.ndarray
+    train: tuple
+    tuning_cutoff: int
+    popular: tuple | None = None
+    """(ids, counts) of every rating before the validation window (uncapped; for the re-ranker)"""
+    earlier: tuple = ()
+    """``EarlierWindow`` s before the validation window, most recent first (for the re-ranker)"""
+
+
+def _windows(ratings: Callable[[], tuple], final_cutoff: int, settings: TransitionSettings, max_len: int,
+             max_training_ratings: int | None, earlier: int | None = None) -> _Windows:
+    """:func:`_validation_window`'s pieces; with ``earlier`` (the re-ranker's), also the uncapped rating
+    counts before the validation window and that many earlier windows of pairs before it, each the
+    ``eval_size`` most recent pairs before the next one's earliest pair, with its own capped training
+    ratings strictly before its own earliest pair."""
+    from rcmd_pipeline.evaluation.rerank_choice import EarlierWindow, rating_counts
+
     users, movies, times = (np.asarray(c) for c in ratings())
     before = times < int(final_cutoff)
     if not before.all():  # (a caller may have loaded only these already: no copy then)
@@ -199,8 +229,23 @@ def _validation_window(ratings: Callable[[], tuple], final_cutoff: int, settings
     tuning_cutoff = leakage_cutoff(validation)
     queries = build_queries(validation, users, movies, times, max_len)
     actual = validation["movieId"].to_numpy(np.int64)
-    train = most_recent(training_window(users, movies, times, tuning_cutoff), max_training_ratings)
-    return queries, actual, train, tuning_cutoff
+    window = training_window(users, movies, times, tuning_cutoff)
+    train = most_recent(window, max_training_ratings)
+    if earlier is None:
+        return _Windows(queries, actual, train, tuning_cutoff)
+    del users, movies, times
+    popular = rating_counts(window[1])
+    found = []
+    while len(found) < earlier:
+        pairs = build_eval_transitions(*window, settings)
+        if len(pairs) == 0:
+            break
+        cutoff = leakage_cutoff(pairs)
+        q = build_queries(pairs, *window, max_len)
+        window = training_window(*window, cutoff)
+        found.append(EarlierWindow(q, pairs["movieId"].to_numpy(np.int64), most_recent(window, max_training_ratings),
+                                   rating_counts(window[1])))
+    return _Windows(queries, actual, train, tuning_cutoff, popular, tuple(found))
 
 
 def _next_movie_lists(train: tuple, queries: Queries, depth: int) -> np.ndarray:
@@ -238,7 +283,7 @@ def choose_sequence_parameters(ratings: Callable[[], tuple], final_cutoff: int, 
                                eval_size: int, k: int = 10, grids: dict | None = None,
                                query_grid: dict | None = None, fixed: dict | None = None, depth: int = 50,
                                max_len: int = 100_000, log: Callable[[str], None] | None = None,
-                               max_training_ratings: int | None = None) -> SequenceChoice:
+                               max_training_ratings: int | None = None, rerank=None) -> SequenceChoice:
     """Choose every sequence strategy's parameters and the blend's weights on the validation window.
 
     ``ratings()`` returns (users, movies, times); only those strictly before ``final_cutoff`` (the
@@ -252,15 +297,20 @@ def choose_sequence_parameters(ratings: Callable[[], tuple], final_cutoff: int, 
     ``max_training_ratings`` caps what the models for choosing learn from to the most recent ratings
     before the validation window (ties at the boundary kept), so choosing costs a bounded number of
     fits at any scale; the chosen values are then refitted on everything by the model assets.
+    ``rerank`` (a :class:`~rcmd_pipeline.evaluation.rerank_choice.RerankOptions`): also choose and fit the
+    learned re-ranker ``seq_rerank`` on the validation window (``rerank_choice.choose_rerank``) and
+    select, by the inner split of the validation pairs, ``seq_rerank`` or ``seq_hybrid``.
     """
     say = log or (lambda message: None)
     grids = SEQUENCE_GRIDS if grids is None else grids
     query_grid = QUERY_GRID if query_grid is None else query_grid
     fixed = fixed or {}
-    queries, actual, train, tuning_cutoff = _validation_window(
-        ratings, final_cutoff, TransitionSettings(min_movie_ratings=min_movie_ratings, eval_size=eval_size),
-        max_len, max_training_ratings)
+    windows = _windows(ratings, final_cutoff, TransitionSettings(min_movie_ratings=min_movie_ratings,
+                                                                 eval_size=eval_size),
+                       max_len, max_training_ratings, rerank.earlier if rerank is not None else None)
+    queries, actual, train, tuning_cutoff = windows.queries, windows.actual, windows.train, windows.tuning_cutoff
     say(f"{len(actual)} validation pairs; models for choosing learn from {len(train[0]):,} ratings")
+    states = {}  # the chosen sequence models, kept for the re-ranker only
 
     # Each part is kept only as its validation lists (depth per query), never as a model.
     chosen, scores, tables, lists = {}, {}, {}, {}
@@ -272,6 +322,8 @@ def choose_sequence_parameters(ratings: Callable[[], tuple], final_cutoff: int, 
         scores[name], chosen[name], tables[name] = best.hit_ratio, best.params, best.table
         _, query = split_params(name, best.params)
         lists[name] = MODELS[name].from_state(best.state, **query).recommend_queries(queries, max(depth, k))
+        if rerank is not None:
+            states[name] = with_query_params(best.state, query)
         del best
         say(f"{name}: {chosen[name]} scores {scores[name]:.4f} on validation ({len(tables[name])} settings)")
     del train
@@ -279,7 +331,25 @@ def choose_sequence_parameters(ratings: Callable[[], tuple], final_cutoff: int, 
                        exclude_seen=True)
     chosen["seq_hybrid"], scores["seq_hybrid"], tables["seq_hybrid"] = blend.params, blend.hit_ratio, blend.table
     say(f"seq_hybrid: weights {blend.params} score {blend.hit_ratio:.4f} on validation")
-    return SequenceChoice(chosen, scores, tables, len(actual), tuning_cutoff, int(final_cutoff))
+    if rerank is None:
+        return SequenceChoice(chosen, scores, tables, len(actual), tuning_cutoff, int(final_cutoff))
+    from rcmd_pipeline.evaluation.rerank_choice import choose_rerank, query_window
+
+    validation = query_window(queries, actual, states, windows.popular, max(depth, k), lists=lists)
+    earlier = list(windows.earlier)
+    del states, lists, windows
+    result = choose_rerank(validation, earlier, chosen,
+                           lambda part_lists, q, a: tune_blend(part_lists, q, a, k, exclude_seen=True).params,
+                           k=k, grid=rerank.grid, max_iter=rerank.max_iter, depth=max(depth, k), extra=rerank.extra,
+                           log=say)
+    chosen["seq_rerank"], scores["seq_rerank"], tables["seq_rerank"] = (result.chosen, result.validation_hit_ratio,
+                                                                        result.table)
+    inner = {"seq_hybrid": result.hybrid_inner_hit_ratio, "seq_rerank": result.inner_hit_ratio}
+    selected = "seq_rerank" if inner["seq_rerank"] > inner["seq_hybrid"] else "seq_hybrid"
+    say(f"selected on validation: {selected} (inner split: seq_rerank {inner['seq_rerank']:.4f}, "
+        f"seq_hybrid {inner['seq_hybrid']:.4f})")
+    return SequenceChoice(chosen, scores, tables, len(actual), tuning_cutoff, int(final_cutoff), inner, selected,
+                          result.info)
 
 
 TUNING_MAX_RATINGS = 2_000_000
@@ -302,15 +372,26 @@ def encode_choice(choice: SequenceChoice) -> dict[str, np.ndarray]:
     out = {f"{name}/{param}": np.array(value) for name, params in choice.chosen.items()
            for param, value in params.items()}
     out.update({f"validation_hit_ratio/{name}": np.array(hr) for name, hr in choice.validation_hit_ratio.items()})
+    out.update({f"inner_hit_ratio/{name}": np.array(hr) for name, hr in choice.inner_hit_ratio.items()})
     out["cutoffs"] = np.array([choice.tuning_cutoff, choice.final_cutoff], dtype=np.int64)
+    out["selected"] = np.array(choice.selected)
     return out
 
 
+_FIGURES = ("validation_hit_ratio", "inner_hit_ratio")
+
+
 def decode_choice(arrays) -> dict[str, dict]:
-    """``{strategy: {parameter: value}}`` of :func:`encode_choice`'s arrays (plain Python values)."""
+    """``{strategy: {parameter: value}}`` of :func:`encode_choice`'s arrays (plain Python values; an array
+    parameter, such as the re-ranker's weights, as a list)."""
     chosen: dict[str, dict] = {}
     for key, value in arrays.items():
         name, _, param = key.partition("/")
-        if param and name != "validation_hit_ratio":
-            chosen.setdefault(name, {})[param] = np.asarray(value).item()
+        if param and name not in _FIGURES:
+            chosen.setdefault(name, {})[param] = np.asarray(value).tolist()
     return chosen
+
+
+def decode_selected(arrays) -> str:
+    """The strategy selected on validation (``seq_hybrid`` for a choice stored without one)."""
+    return str(np.asarray(arrays["selected"]).item()) if "selected" in arrays else "seq_hybrid"

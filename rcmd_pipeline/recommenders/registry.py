@@ -27,6 +27,7 @@ from rcmd_pipeline.recommenders.hybrid import HybridRecommender
 from rcmd_pipeline.recommenders.next_movie import NextMovieRecommender
 from rcmd_pipeline.recommenders.popularity import PopularityRecommender
 from rcmd_pipeline.recommenders.random_baseline import RandomRecommender
+from rcmd_pipeline.recommenders.rerank import Reranker, sequence_members, state_from_choice
 from rcmd_pipeline.recommenders.seq_hybrid import PrevOnly, SequenceHybrid
 from rcmd_pipeline.recommenders.sequence import fit_model, load_model
 from rcmd_pipeline.recommenders.series import SeriesRecommender
@@ -291,8 +292,34 @@ SEQ_HYBRID = Strategy(
 )
 
 
+def _seq_rerank_state(inputs: BuildInputs, params: BaseModel) -> State:
+    """What ``sequence_tuning`` fitted on the validation window: weights, standardisation, parts read."""
+    return state_from_choice(_tuned(inputs, "seq_rerank"))
+
+
+def _load_seq_rerank(state: State, ctx: QueryContext) -> Reranker:
+    """The stored weights over the parts refitted before the evaluation window (their model assets); the
+    views are the same sequence states scored from the previous movie; log counts from ``popularity``."""
+    parts = ctx.parts
+    popularity = PopularityRecommender.from_state(parts["popularity"])
+    next_movie = PrevOnly(NextMovieRecommender.from_state(parts["next_movie"], fallback=popularity), "next_movie")
+    members = sequence_members(next_movie, {name: parts[name] for name in ("seq_rules", "item_knn", "slist")})
+    return Reranker.from_state(state, members, popularity.ranked_ids, popularity.ranked_counts)
+
+
+SEQ_RERANK = Strategy(
+    name="seq_rerank",
+    summary="a learned re-ranker (conditional logit) of the candidates of next-movie, sequential rules, item-kNN "
+            "and SLIST, the user's rated movies excluded, chosen and fitted on the validation window",
+    needs=frozenset({Needs.TUNED, Needs.HISTORY}),
+    parts=("next_movie", "popularity", "seq_rules", "item_knn", "slist"),
+    build=_seq_rerank_state,
+    load=_load_seq_rerank,
+)
+
+
 REGISTRY: tuple[Strategy, ...] = (RANDOM, SERIES, VECTOR, SERIES_VECTOR, POPULARITY, NEXT_MOVIE, HYBRID,
-                                  SEQ_RULES, ITEM_KNN, SLIST_STRATEGY, SEQ_HYBRID)
+                                  SEQ_RULES, ITEM_KNN, SLIST_STRATEGY, SEQ_HYBRID, SEQ_RERANK)
 """Every strategy, in the order the UI and the leaderboard's inputs list them. ``random`` first:
 every other strategy is checked against it."""
 

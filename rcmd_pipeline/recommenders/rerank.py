@@ -26,7 +26,9 @@ then a learned ranking of the candidates).
 - **Ranking**: the k highest x . w per query; equal scores (to 12 decimals) go to the candidate
   listed first; rows short of candidates are filled with the most rated movies (as the parts do).
 
-Plain numpy/scipy, no Dagster imports. Not in the registry (see docs/evaluation.md).
+The registry strategy ``seq_rerank`` (``registry.py``): ``sequence_tuning`` chooses and fits it on the
+validation window (``evaluation/rerank_choice.py``); its model asset stores :meth:`Reranker.state`.
+Plain numpy/scipy, no Dagster imports.
 """
 
 from __future__ import annotations
@@ -38,12 +40,55 @@ from scipy.optimize import minimize
 
 from rcmd_pipeline.recommenders.base import PAD, append_usable
 from rcmd_pipeline.recommenders.history import Queries, history_lengths
-from rcmd_pipeline.recommenders.sequence_scoring import _excluded
+from rcmd_pipeline.recommenders.sequence_scoring import _excluded, _single_item_queries
 
 RANK_BANDS = ((1, 1), (2, 2), (3, 3), (4, 5), (6, 10), (11, 20), (21, None))
 """Rank bands (first, last or None) of a part's list, one indicator each; unlisted: all zero."""
 HISTORY_BANDS = ((None, 1), (2, 5), (6, 20), (21, None))
 """History-length bands (earlier ratings) for the interactions; 0 or 1 earlier rating is the first."""
+
+
+SEQUENCE_PARTS = ("seq_rules", "item_knn", "slist")
+BASE_PARTS = ("next_movie", *SEQUENCE_PARTS)
+"""The re-ranker's parts: the blend's (``seq_hybrid``), in its order."""
+VIEW = {"last_n": 1, "decay": "harmonic", "exclude_seen": True}
+"""A sequence model's previous-movie-only view: the same fitted state scored from the last movie alone."""
+
+
+def view_name(name: str) -> str:
+    return f"{name}@prev"
+
+
+def part_names(views: bool) -> list[str]:
+    """The lists the re-ranker reads: the blend's parts, then (``views``) the sequence models' views."""
+    return [*BASE_PARTS, *(view_name(n) for n in SEQUENCE_PARTS)] if views else list(BASE_PARTS)
+
+
+def view_models(states: dict) -> dict:
+    """The previous-movie-only view of each fitted sequence model (same state, :data:`VIEW`)."""
+    from rcmd_pipeline.recommenders.sequence import MODELS
+
+    return {view_name(n): MODELS[n].from_state(state, **VIEW) for n, state in states.items()}
+
+
+def sequence_members(next_movie, states: dict) -> dict:
+    """Every list a re-ranker may read: ``next_movie`` (a query recommender), the sequence models of
+    ``states`` (fitted, with their query parameters) and their views."""
+    from rcmd_pipeline.recommenders.sequence import load_model
+
+    return {"next_movie": next_movie, **{n: load_model(n, states[n]) for n in SEQUENCE_PARTS},
+            **view_models({n: states[n] for n in SEQUENCE_PARTS})}
+
+
+def state_from_choice(chosen: dict) -> dict[str, np.ndarray]:
+    """The ``seq_rerank`` model's arrays from what ``sequence_tuning`` chose and fitted (lists and values)."""
+    return {"part_names": np.array(chosen["part_names"], dtype=str),
+            "feature_names": np.array(chosen["feature_names"], dtype=str),
+            "weights": np.array(chosen["weights"], dtype=np.float64),
+            "mean": np.array(chosen["mean"], dtype=np.float64),
+            "std": np.array(chosen["std"], dtype=np.float64), "interactions": np.array(bool(chosen["interactions"])),
+            "depth": np.array(int(chosen["depth"])), "exclude_seen": np.array(bool(chosen["exclude_seen"])),
+            "use_scores": np.array(bool(chosen["scores"]))}
 
 
 @dataclass(frozen=True)
@@ -107,7 +152,7 @@ def row_normalised(c: Candidates, values: np.ndarray) -> np.ndarray:
 
 def features(c: Candidates, log_count: np.ndarray, band: np.ndarray, part_names: list[str],
              interactions: bool = True, scores: dict[str, np.ndarray] | None = None,
-             extra: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, list[str]]:
+             extra: dict[str, np.ndarray] | None = None, dtype=np.float64) -> tuple[np.ndarray, list[str]]:
     """The feature matrix (one row per candidate) and its column names (see the module docstring).
 
     ``log_count`` is log(1 + training rating count) per candidate, ``band`` the history band per
@@ -116,8 +161,14 @@ def features(c: Candidates, log_count: np.ndarray, band: np.ndarray, part_names:
     candidate is the sum of the rank indicators; each part's 1/r is the sum of its products with
     the history bands, so the first band is the baseline). ``extra``: further named columns, one
     value per candidate, appended as they are (e.g. a content similarity to the previous movie).
+    ``dtype``: of the matrix (float32 halves what a large batch of candidates holds); the columns are
+    written into it as they are computed (no list of columns beside the matrix).
     """
-    cols, names = [], []
+    n_parts, n_scored = len(part_names), sum(1 for part in part_names if scores is not None and part in scores)
+    width = n_parts * (len(RANK_BANDS) + 1) + n_scored + 2 + len(extra or {})
+    if interactions:
+        width += (len(HISTORY_BANDS) - 1) * (n_parts + 1) + n_parts * (n_parts - 1) // 2
+    cols, names = _Columns(len(c.rows), width, dtype), []
     rr = np.where(c.ranks > 0, 1.0 / np.maximum(c.ranks, 1), 0.0)
     for p, part in enumerate(part_names):
         r = c.ranks[:, p]
@@ -148,7 +199,25 @@ def features(c: Candidates, log_count: np.ndarray, band: np.ndarray, part_names:
     for name, values in (extra or {}).items():
         cols.append(np.asarray(values, dtype=np.float64))
         names.append(name)
-    return np.column_stack(cols) if cols else np.zeros((len(c.rows), 0)), names
+    assert cols.filled == width == len(names), (cols.filled, width, len(names))
+    return cols.out, names
+
+
+class _Columns:
+    """The feature matrix, filled a column at a time."""
+
+    def __init__(self, rows: int, width: int, dtype) -> None:
+        self.out = np.empty((rows, width), dtype=dtype)
+        self.filled = 0
+
+    def append(self, column) -> None:
+        self.out[:, self.filled] = column
+        self.filled += 1
+
+    def __iadd__(self, columns):
+        for column in columns:
+            self.append(column)
+        return self
 
 
 def _segments(rows: np.ndarray, n: int) -> np.ndarray:
@@ -161,7 +230,8 @@ def softmax_loss(w: np.ndarray, x: np.ndarray, rows: np.ndarray, positive: np.nd
     """Mean over the ``n`` queries of -log P(positive | query) plus ``l2`` / 2 |w|^2, and its gradient.
 
     ``rows`` (sorted, values 0..n-1) gives each candidate's query; ``positive`` marks exactly one
-    candidate of each query.
+    candidate of each query. The plain form on standardised rows: the fits use :func:`_folded_loss`,
+    tested equal to it.
     """
     s = (x @ w.astype(x.dtype)).astype(np.float64)
     offsets = _segments(rows, n)  # every query has candidates (fit_conditional_logit keeps only those)
@@ -186,23 +256,103 @@ class Fitted:
 def fit_conditional_logit(x: np.ndarray, c: Candidates, actual: np.ndarray, l2: float = 0.01,
                           max_iter: int = 200) -> Fitted:
     """Fit the weights on the queries whose next movie (``actual``) is among their candidates."""
+    return fit_blocks([(x, c, actual)], l2, max_iter)
+
+
+_ROWS = 1 << 16
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """One batch of a fit: its features as given (not standardised, not copied) and what the loss needs."""
+
+    x: np.ndarray
+    starts: np.ndarray
+    """first row of each query that has candidates (rows are sorted by query)"""
+    segment: np.ndarray
+    """each row's index among those queries"""
+    used: np.ndarray
+    """per such query: its next movie is a candidate (it enters the loss)"""
+    positive: np.ndarray
+    """per such query used: the row of its next movie"""
+    row_used: np.ndarray
+
+
+def _batch(x: np.ndarray, c: Candidates, actual: np.ndarray) -> _Batch:
     actual = np.asarray(actual, dtype=np.int64)
-    positive = c.ids == actual[c.rows]
-    has = np.zeros(c.n_queries, dtype=bool)
-    has[c.rows[positive]] = True
-    keep = has[c.rows]
-    x, rows, positive = x[keep], c.rows[keep], positive[keep]
-    mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1])
-    std = x.std(axis=0) if len(x) else np.ones(x.shape[1])
-    std = np.where(std > 0, std, 1.0)
-    z = ((x - mean) / std).astype(np.float32)  # memory-bound products: float32 halves their time
-    dense = np.cumsum(has) - 1  # query index among those used
-    used = int(has.sum())
+    is_positive = c.ids == actual[c.rows]
+    nonempty = np.flatnonzero(np.diff(_segments(c.rows, c.n_queries)) > 0)
+    starts = _segments(c.rows, c.n_queries)[nonempty]
+    segment = np.searchsorted(nonempty, c.rows)
+    has = np.zeros(len(nonempty), dtype=bool)
+    has[segment[is_positive]] = True
+    positive = np.full(len(nonempty), -1, dtype=np.int64)
+    positive[segment[is_positive]] = np.flatnonzero(is_positive)
+    return _Batch(x, starts, segment, has, positive[has], has[segment])
+
+
+def _folded_loss(w: np.ndarray, batches: list[_Batch], mean: np.ndarray, std: np.ndarray, n: int, l2: float,
+                 sum_positive: np.ndarray) -> tuple[float, np.ndarray]:
+    """:func:`softmax_loss` of the standardised features ``(x - mean) / std`` without building them:
+    ``(x - mean) / std . w = x . v - mean . v`` with ``v = w / std``, and the gradient's ``mean`` terms
+    cancel (a query's probabilities sum to 1). ``sum_positive``: the sum of the used queries' positive rows."""
+    v = w / std
+    shift = float(mean @ v)
+    loss, grad = 0.0, -sum_positive.copy()
+    v32 = v.astype(np.float32)
+    for b in batches:
+        s = np.empty(len(b.x))
+        for start in range(0, len(b.x), _ROWS):
+            s[start:start + _ROWS] = b.x[start:start + _ROWS] @ v32
+        s -= shift
+        top = np.maximum.reduceat(s, b.starts)
+        e = np.exp(s - top[b.segment])
+        z = np.add.reduceat(e, b.starts)
+        loss += float(np.sum((top + np.log(z))[b.used]) - s[b.positive].sum())
+        p = np.where(b.row_used, e / z[b.segment], 0.0).astype(np.float32)
+        for start in range(0, len(b.x), _ROWS):
+            grad += (p[start:start + _ROWS] @ b.x[start:start + _ROWS]).astype(np.float64)
+    return loss / n + 0.5 * l2 * float(w @ w), grad / n / std + l2 * w
+
+
+def fit_blocks(blocks: list[tuple[np.ndarray, Candidates, np.ndarray]], l2: float = 0.01,
+               max_iter: int = 200) -> Fitted:
+    """:func:`fit_conditional_logit` on several batches of queries at once, ``(x, candidates, actual)``
+    each, without a copy of their features: the mean and std of the usable rows (queries whose next
+    movie is a candidate) are accumulated in float64 a block of rows at a time, and the loss works on
+    the features as given (:func:`_folded_loss`), so a fit holds nothing of the size of ``x``."""
+    batches = [_batch(x, c, actual) for x, c, actual in blocks]
+    used = sum(int(b.used.sum()) for b in batches)
     if used == 0:
         raise ValueError("no query has its next movie among its candidates: nothing to learn")
-    result = minimize(softmax_loss, np.zeros(x.shape[1]), args=(z, dense[rows], positive, used, float(l2)),
+    width = blocks[0][0].shape[1]
+    count, total = 0, np.zeros(width)
+    for b in batches:
+        for start in range(0, len(b.x), _ROWS):
+            rows = b.x[start:start + _ROWS][b.row_used[start:start + _ROWS]]
+            total += rows.sum(axis=0, dtype=np.float64)
+            count += len(rows)
+    mean = total / count
+    var, sum_positive = np.zeros(width), np.zeros(width)
+    for b in batches:
+        for start in range(0, len(b.x), _ROWS):
+            rows = b.x[start:start + _ROWS][b.row_used[start:start + _ROWS]]
+            var += ((rows - mean) ** 2).sum(axis=0)
+        sum_positive += b.x[b.positive].sum(axis=0, dtype=np.float64)
+    std = np.sqrt(var / count)
+    std = np.where(std > 0, std, 1.0)
+    result = minimize(_folded_loss, np.zeros(width), args=(batches, mean, std, used, float(l2), sum_positive),
                       jac=True, method="L-BFGS-B", options={"maxiter": max_iter})
     return Fitted(result.x, mean, std, used, bool(result.success))
+
+
+def fit_or_zero(blocks: list[tuple[np.ndarray, Candidates, np.ndarray]], l2: float, max_iter: int) -> Fitted:
+    """:func:`fit_blocks`, or all-zero weights (candidates in first-listing order) when no query has
+    its next movie among its candidates (a tiny validation window): nothing to learn."""
+    if not any((c.ids == np.asarray(actual, dtype=np.int64)[c.rows]).any() for _, c, actual in blocks):
+        width = blocks[0][0].shape[1]
+        return Fitted(np.zeros(width), np.zeros(width), np.ones(width), 0, True)
+    return fit_blocks(blocks, l2=l2, max_iter=max_iter)
 
 
 def rank_candidates(c: Candidates, score: np.ndarray, k: int) -> np.ndarray:
@@ -234,13 +384,21 @@ def fill_popular(out: np.ndarray, q: Queries, popular_ids: np.ndarray, exclude_s
 
 
 class Reranker:
-    """The fitted re-ranker over ``parts`` (query recommenders, in the order of ``part_names``)."""
+    """The fitted re-ranker over ``parts`` (query recommenders, in the order of ``part_names``).
+
+    ``popular_ids``/``popular_counts``: the rating count of each movie in the parts' training window
+    (the ``popularity`` model's arrays), for the log-count features and the fill of short rows. They
+    are not part of :meth:`state` (the ``popularity_model`` asset holds them). ``feature_names``,
+    when given, must be the names :func:`features` gives: a stored state fitted on another layout of
+    the features is refused rather than misread.
+    """
 
     name = "seq_rerank"
 
     def __init__(self, parts: dict, part_names: list[str], fitted: Fitted, popular_ids: np.ndarray,
                  popular_counts: np.ndarray, interactions: bool = True, depth: int = 50,
-                 exclude_seen: bool = True, use_scores: bool = False, extra_features=None) -> None:
+                 exclude_seen: bool = True, use_scores: bool = False, extra_features=None,
+                 feature_names: list[str] | None = None) -> None:
         missing = [n for n in part_names if n not in parts]
         if missing:
             raise ValueError(f"no part for {missing}")
@@ -250,6 +408,9 @@ class Reranker:
         self.interactions, self.depth, self.exclude_seen = bool(interactions), int(depth), bool(exclude_seen)
         self.use_scores = bool(use_scores)
         self.extra_features = extra_features  # (queries, candidates) -> {name: column}; not part of the state
+        self.feature_names = None if feature_names is None else [str(n) for n in feature_names]
+        if self.feature_names is not None and len(self.feature_names) != len(fitted.weights):
+            raise ValueError(f"{len(self.feature_names)} feature names for {len(fitted.weights)} weights")
         self._sorted = np.argsort(self.popular_ids, kind="stable")
 
     def log_count(self, ids: np.ndarray) -> np.ndarray:
@@ -257,26 +418,35 @@ class Reranker:
         return log_counts(self.popular_ids, self.popular_counts, ids, self._sorted)
 
     def state(self) -> dict[str, np.ndarray]:
-        return {"part_names": np.array(self.part_names, dtype=str), "weights": self.fitted.weights,
-                "mean": self.fitted.mean, "std": self.fitted.std, "popular_ids": self.popular_ids,
-                "popular_counts": self.popular_counts, "interactions": np.array(self.interactions),
-                "depth": np.array(self.depth), "exclude_seen": np.array(self.exclude_seen),
-                "use_scores": np.array(self.use_scores)}
+        """The fitted re-ranker as arrays: its weights and standardisation, the parts it reads and how."""
+        state = {"part_names": np.array(self.part_names, dtype=str), "weights": self.fitted.weights,
+                 "mean": self.fitted.mean, "std": self.fitted.std, "interactions": np.array(self.interactions),
+                 "depth": np.array(self.depth), "exclude_seen": np.array(self.exclude_seen),
+                 "use_scores": np.array(self.use_scores)}
+        if self.feature_names is not None:
+            state["feature_names"] = np.array(self.feature_names, dtype=str)
+        return state
 
     @classmethod
-    def from_state(cls, state: dict, parts: dict, extra_features=None) -> Reranker:
+    def from_state(cls, state: dict, parts: dict, popular_ids: np.ndarray, popular_counts: np.ndarray,
+                   extra_features=None) -> Reranker:
         fitted = Fitted(np.asarray(state["weights"], np.float64), np.asarray(state["mean"], np.float64),
                         np.asarray(state["std"], np.float64), 0, True)
-        return cls(parts, [str(n) for n in state["part_names"]], fitted, state["popular_ids"],
-                   state["popular_counts"], bool(state["interactions"]), int(state["depth"]),
-                   bool(state["exclude_seen"]), bool(state["use_scores"]), extra_features)
+        names = [str(n) for n in state["feature_names"]] if "feature_names" in state else None
+        return cls(parts, [str(n) for n in state["part_names"]], fitted, popular_ids, popular_counts,
+                   bool(state["interactions"]), int(state["depth"]), bool(state["exclude_seen"]),
+                   bool(state["use_scores"]), extra_features, names)
 
     def score_lists(self, q: Queries, lists: list[np.ndarray], k: int) -> np.ndarray:
         """Top-k from the parts' lists already computed (``lists`` in ``part_names`` order)."""
         c = candidates(q, lists, self.exclude_seen)
         scores = part_scores(self.parts, self.part_names, q, c) if self.use_scores else None
         extra = self.extra_features(q, c) if self.extra_features is not None else None
-        x, _ = features(c, self.log_count(c.ids), history_band(q), self.part_names, self.interactions, scores, extra)
+        x, names = features(c, self.log_count(c.ids), history_band(q), self.part_names, self.interactions, scores,
+                            extra)
+        if self.feature_names is not None and names != self.feature_names:
+            raise ValueError("the stored re-ranker was fitted on other features than these parts give: "
+                             f"{self.feature_names} != {names}")
         score = ((x - self.fitted.mean) / self.fitted.std) @ self.fitted.weights
         return fill_popular(rank_candidates(c, score, int(k)), q, self.popular_ids, self.exclude_seen)
 
@@ -284,6 +454,10 @@ class Reranker:
         depth = max(self.depth, int(k))
         lists = [np.asarray(self.parts[n].recommend_queries(q, depth), dtype=np.int64) for n in self.part_names]
         return self.score_lists(q, lists, k)
+
+    def recommend(self, prev_movie_ids, k: int) -> np.ndarray:
+        """The Recommender interface: a history of just the previous movie."""
+        return self.recommend_queries(_single_item_queries(prev_movie_ids), k)
 
 
 def log_counts(popular_ids: np.ndarray, popular_counts: np.ndarray, ids: np.ndarray,
