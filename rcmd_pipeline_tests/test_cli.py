@@ -18,9 +18,10 @@ import pytest
 from dagster import materialize
 
 from rcmd_pipeline.cli import display_width, fit, main
-from rcmd_pipeline.definitions import all_assets
+from rcmd_pipeline.definitions import assets_for
 from rcmd_pipeline.recommenders.base import PAD
 from rcmd_pipeline.recommenders.history import queries_from_histories
+from rcmd_pipeline.recommenders.registry import DEFAULT_REGISTRY, OPTIONAL_STRATEGIES
 from rcmd_pipeline.recommenders.sequence import load_model
 from rcmd_pipeline.serving import ModelMismatchError, Recommendations, UnknownMovieError
 from rcmd_pipeline_tests.helpers import embedded_resources, small_run_config, synthetic_ratings, write_dataset
@@ -29,6 +30,7 @@ SELECTION = ["movielens_ratings", "movielens_links", "tmdb_movie_info_kr", "movi
              "movie_overview_embeddings", "movie_vectors", "eval_transitions", "sequence_tuning",
              *(f"{name}_model" for name in ("random", "popularity", "next_movie", "seq_rules", "item_knn", "slist",
                                            "seq_hybrid", "seq_rerank"))]
+FULL = (*DEFAULT_REGISTRY, *OPTIONAL_STRATEGIES)  # the optional seq_rerank too (RCMD_EXTRA_STRATEGIES)
 NO_VECTOR = {5, 10}  # no overview: no vector
 CLEARED = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "RCMD_EMBEDDING_MODEL", "RCMD_EMBEDDING_DIMENSIONS", "QDRANT_URL",
            "QDRANT_API_KEY", "RCMD_QDRANT_COLLECTION", "RCMD_DATABASE_URL", "RCMD_TMDB_SNAPSHOT_DIR")
@@ -40,7 +42,7 @@ def state(tmp_path_factory) -> tuple[Path, Path, pd.DataFrame]:
     ratings = synthetic_ratings(users=60, movies=12, per_user=4)
     dataset = write_dataset(root / "movielens", ratings)
     data_dir = root / "state"
-    result = materialize(all_assets, selection=SELECTION, resources=embedded_resources(dataset, data_dir),
+    result = materialize(assets_for(FULL), selection=SELECTION, resources=embedded_resources(dataset, data_dir),
                          run_config=small_run_config())
     assert result.success
     return dataset, data_dir, ratings
@@ -56,7 +58,7 @@ def env(state, monkeypatch):
 
 
 def run_json(capsys, *argv: str) -> list[dict]:
-    assert main([*argv, "--json"]) == 0
+    assert main([*argv, "--json"], registry=FULL) == 0
     captured = capsys.readouterr()
     assert captured.err == ""
     rows = json.loads(captured.out)

@@ -14,7 +14,18 @@ from rcmd_pipeline.evaluation.tuning import decode_selected
 from rcmd_pipeline.recommenders.base import PAD
 from rcmd_pipeline.recommenders.next_movie import NextMovieRecommender
 from rcmd_pipeline.recommenders.popularity import PopularityRecommender
-from rcmd_pipeline.recommenders.registry import REGISTRY, Needs, QueryContext, Strategy, all_parts, by_name
+from rcmd_pipeline.recommenders.registry import (
+    DEFAULT_REGISTRY,
+    EXTRA_STRATEGIES_ENV,
+    OPTIONAL_STRATEGIES,
+    REGISTRY,
+    Needs,
+    QueryContext,
+    Strategy,
+    all_parts,
+    by_name,
+    registry_from_environment,
+)
 from rcmd_pipeline.recommenders.training import leakage_cutoff, training_window
 from rcmd_pipeline.serving import Recommendations
 from rcmd_pipeline_tests.helpers import embedded_resources, small_run_config
@@ -74,7 +85,7 @@ def test_registry_refuses_a_repeated_name_or_an_unknown_part():
 
 
 def test_a_toy_strategy_gets_everything_from_one_registry_entry(tmp_path, small_dataset, monkeypatch, capsys):
-    registry = (*REGISTRY, TOY)
+    registry = (*DEFAULT_REGISTRY, *OPTIONAL_STRATEGIES, TOY)  # the optional seq_rerank too
     assets = assets_for(registry)
     names = {key.to_user_string() for a in assets for key in a.keys}
     assert {"toy_model", "hit_ratio_toy"} <= names
@@ -139,3 +150,14 @@ def test_stored_models_answer_exactly_like_freshly_built_ones(tmp_path, small_da
         QueryContext(parts={"popularity": result.output_for_node("popularity_model")}))
     queries = np.arange(0, 15)
     assert (stored.recommend(queries, 10) == fresh.recommend(queries, 10)).all()
+
+
+def test_optional_strategies_are_added_by_name_from_the_environment():
+    assert REGISTRY == registry_from_environment({}) == DEFAULT_REGISTRY  # the tests run without the variable
+    assert "seq_rerank" not in {s.name for s in DEFAULT_REGISTRY}
+    added = registry_from_environment({EXTRA_STRATEGIES_ENV: " seq_rerank ,"})
+    assert added == (*DEFAULT_REGISTRY, *OPTIONAL_STRATEGIES)
+    by_name(registry_from_environment({EXTRA_STRATEGIES_ENV: "seq_rerank"}))  # its parts are all registered
+    with pytest.raises(ValueError, match=r"RCMD_EXTRA_STRATEGIES='seq_rerank,toy': 'toy' is not an optional strategy.*"
+                                         r"\['seq_rerank'\]"):
+        registry_from_environment({EXTRA_STRATEGIES_ENV: "seq_rerank,toy"})

@@ -553,8 +553,8 @@ def test_embedded_rebuild_in_phases_keeps_its_segments_apart_and_answers_exactly
     moved = vectors[keep].copy()
     moved[IDS[keep] == 18] = circle_vectors([5.0], dimension=dimension)
     with store.open() as session:
-        stats = session.sync(COLLECTION, IDS[keep], moved, [p for p, k in zip(PAYLOADS, keep) if k], model=MODEL,
-                             max_changed_share=0.5)
+        payloads = [p for p, k in zip(PAYLOADS, keep, strict=True) if k]
+        stats = session.sync(COLLECTION, IDS[keep], moved, payloads, model=MODEL, max_changed_share=0.5)
         assert (stats["action"], stats["upserted"], stats["deleted"]) == ("updated", 1, 1)
         found, _ = session.neighbours(COLLECTION, np.array([11]), 3)
         assert found[0].tolist() == [18, 12, 13]

@@ -228,66 +228,75 @@ def _grid_markdown(table: pd.DataFrame, top: int = 12) -> str:
     return "\n".join(lines)
 
 
-@asset(
-    group_name=GROUP,
-    kinds={"python", "numpy"},
-    ins={"movielens_ratings": AssetIn(metadata={"columns": ["userId", "movieId", "timestamp"]},
-                                      input_manager_key=LAZY),
-         "eval_transitions": AssetIn(metadata={"columns": ["timestamp"]}, input_manager_key=LAZY)},
-)
-def sequence_tuning(context: AssetExecutionContext, config: SequenceTuningConfig, local_state: LocalStateDir,
-                    movielens_ratings: LazyValue, eval_transitions: LazyValue) -> Output:
-    """The parameters of the sequence strategies and the blend weights of ``seq_hybrid``, chosen on a
-    validation window; the evaluation window is never used for choosing.
+def build_sequence_tuning(registry: Sequence[Strategy] = REGISTRY):
+    """``sequence_tuning`` for the strategies of ``registry``: with ``seq_rerank`` among them, it also
+    chooses and fits the re-ranker (and its version says so: adding or removing it recomputes)."""
+    rerank = any(strategy.name == "seq_rerank" for strategy in registry)
 
-    Validation pairs: the evaluation set's procedure (same ``min_movie_ratings`` and ``eval_size``)
-    on the ratings strictly before the earliest evaluation pair, i.e. the ``eval_size`` most recent
-    pairs before the evaluation window. Every grid setting is fitted on the ratings strictly before
-    the earliest validation pair and scored by validation HitRatio@k; the model assets then refit
-    the chosen values on everything before the evaluation window. Only ratings before the
-    evaluation window are read. Chosen values and validation scores are in the metadata.
-    """
-    pairs = eval_transitions.load()  # its timestamps only: small
-    settings_ = evaluation_settings(pairs)
-    version = versioning.inputs_version(context, config=config, upstream=["movielens_ratings", "eval_transitions"],
-                                        extra=settings_)
-    previous = versioning.unchanged_since(context, version, versioning.value_is_stored(context))
-    if previous is not None:
-        return versioning.kept(context, version, previous)
-    started = time.perf_counter()
-    cutoff = leakage_cutoff(pairs)
-    del pairs
+    @asset(
+        group_name=GROUP,
+        kinds={"python", "numpy"},
+        ins={"movielens_ratings": AssetIn(metadata={"columns": ["userId", "movieId", "timestamp"]},
+                                          input_manager_key=LAZY),
+             "eval_transitions": AssetIn(metadata={"columns": ["timestamp"]}, input_manager_key=LAZY)},
+    )
+    def sequence_tuning(context: AssetExecutionContext, config: SequenceTuningConfig, local_state: LocalStateDir,
+                        movielens_ratings: LazyValue, eval_transitions: LazyValue) -> Output:
+        """The parameters of the sequence strategies and the blend weights of ``seq_hybrid``, chosen on a
+        validation window; the evaluation window is never used for choosing.
 
-    def ratings_before_evaluation() -> tuple:
-        """All the choice may read; read inside it, so it can let them go once it has what it needs."""
-        window = movielens_ratings.arrays(["userId", "movieId", "timestamp"], below=("timestamp", cutoff))
-        return window["userId"], window["movieId"], window["timestamp"]
+        Validation pairs: the evaluation set's procedure (same ``min_movie_ratings`` and ``eval_size``)
+        on the ratings strictly before the earliest evaluation pair, i.e. the ``eval_size`` most recent
+        pairs before the evaluation window. Every grid setting is fitted on the ratings strictly before
+        the earliest validation pair and scored by validation HitRatio@k; the model assets then refit
+        the chosen values on everything before the evaluation window. Only ratings before the
+        evaluation window are read. Chosen values and validation scores are in the metadata.
+        """
+        pairs = eval_transitions.load()  # its timestamps only: small
+        settings_ = evaluation_settings(pairs)
+        version = versioning.inputs_version(context, config=config, upstream=["movielens_ratings", "eval_transitions"],
+                                            extra=(*settings_, "seq_rerank") if rerank else settings_)
+        previous = versioning.unchanged_since(context, version, versioning.value_is_stored(context))
+        if previous is not None:
+            return versioning.kept(context, version, previous)
+        started = time.perf_counter()
+        cutoff = leakage_cutoff(pairs)
+        del pairs
 
-    choice = choose_sequence_parameters(
-        ratings_before_evaluation, cutoff, *settings_, k=config.k,
-        fixed={"slist": {"min_count": config.slist_min_count, "max_items": config.slist_max_items}},
-        log=context.log.info, max_training_ratings=config.max_training_ratings, rerank=RerankOptions())
-    rows = ["| strategy | validation HitRatio@k | inner split | chosen |", "|---|---:|---:|---|"]
-    rows += [f"| {name} | {hr:.4f} | "
-             + (f"{choice.inner_hit_ratio[name]:.4f}" if name in choice.inner_hit_ratio else "")
-             + f" | {_short_choice(choice.chosen.get(name, 'its default (not tuned)'))} |"
-             for name, hr in sorted(choice.validation_hit_ratio.items(), key=lambda kv: -kv[1])]
-    metadata = {
-        "chosen": MetadataValue.json(choice.chosen),
-        "selected_on_validation": choice.selected,
-        "validation": MetadataValue.md("\n".join(rows) + SELECTION_NOTE),
-        **({"seq_rerank_weights": MetadataValue.md(_weights_markdown(choice.chosen["seq_rerank"]))}
-           if "seq_rerank" in choice.chosen else {}),
-        **{f"inner_hit_ratio_{name}": MetadataValue.float(hr) for name, hr in choice.inner_hit_ratio.items()},
-        **{f"grid_{name}": MetadataValue.md(_grid_markdown(table)) for name, table in choice.tables.items()},
-        **{f"validation_hit_ratio_{name}": MetadataValue.float(hr) for name, hr in choice.validation_hit_ratio.items()},
-        "validation_pairs": choice.validation_pairs,
-        "validation_training_cutoff": MetadataValue.timestamp(float(choice.tuning_cutoff)),
-        "evaluation_training_cutoff": MetadataValue.timestamp(float(choice.final_cutoff)),
-        "k": config.k,
-        "seconds": MetadataValue.float(round(time.perf_counter() - started, 2)),
-    }
-    return versioning.computed(encode_choice(choice), version, metadata)
+        def ratings_before_evaluation() -> tuple:
+            """All the choice may read; read inside it, so it can let them go once it has what it needs."""
+            window = movielens_ratings.arrays(["userId", "movieId", "timestamp"], below=("timestamp", cutoff))
+            return window["userId"], window["movieId"], window["timestamp"]
+
+        choice = choose_sequence_parameters(
+            ratings_before_evaluation, cutoff, *settings_, k=config.k,
+            fixed={"slist": {"min_count": config.slist_min_count, "max_items": config.slist_max_items}},
+            log=context.log.info, max_training_ratings=config.max_training_ratings,
+            rerank=RerankOptions() if rerank else None)
+        rows = ["| strategy | validation HitRatio@k | inner split | chosen |", "|---|---:|---:|---|"]
+        rows += [f"| {name} | {hr:.4f} | "
+                 + (f"{choice.inner_hit_ratio[name]:.4f}" if name in choice.inner_hit_ratio else "")
+                 + f" | {_short_choice(choice.chosen.get(name, 'its default (not tuned)'))} |"
+                 for name, hr in sorted(choice.validation_hit_ratio.items(), key=lambda kv: -kv[1])]
+        metadata = {
+            "chosen": MetadataValue.json(choice.chosen),
+            "selected_on_validation": choice.selected,
+            "validation": MetadataValue.md("\n".join(rows) + SELECTION_NOTE),
+            **({"seq_rerank_weights": MetadataValue.md(_weights_markdown(choice.chosen["seq_rerank"]))}
+               if "seq_rerank" in choice.chosen else {}),
+            **{f"inner_hit_ratio_{name}": MetadataValue.float(hr) for name, hr in choice.inner_hit_ratio.items()},
+            **{f"grid_{name}": MetadataValue.md(_grid_markdown(table)) for name, table in choice.tables.items()},
+            **{f"validation_hit_ratio_{name}": MetadataValue.float(hr)
+               for name, hr in choice.validation_hit_ratio.items()},
+            "validation_pairs": choice.validation_pairs,
+            "validation_training_cutoff": MetadataValue.timestamp(float(choice.tuning_cutoff)),
+            "evaluation_training_cutoff": MetadataValue.timestamp(float(choice.final_cutoff)),
+            "k": config.k,
+            "seconds": MetadataValue.float(round(time.perf_counter() - started, 2)),
+        }
+        return versioning.computed(encode_choice(choice), version, metadata)
+
+    return sequence_tuning
 
 
 SELECTION_NOTE = (
@@ -535,6 +544,6 @@ def sample_tables(frame: pd.DataFrame, queries: np.ndarray, names: list[str], la
 def evaluation_assets(registry: Sequence[Strategy] = REGISTRY) -> list:
     """The evaluation set and its queries, the leaderboard and the samples for the strategies of
     ``registry``, and the tuning asset when a strategy needs its choices."""
-    tuning = [sequence_tuning] if any(Needs.TUNED in s.needs for s in registry) else []
+    tuning = [build_sequence_tuning(registry)] if any(Needs.TUNED in s.needs for s in registry) else []
     return [eval_transitions, eval_queries, *tuning, build_leaderboard(registry),
             build_sample_recommendations(registry)]

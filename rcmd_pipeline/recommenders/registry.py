@@ -318,10 +318,37 @@ SEQ_RERANK = Strategy(
 )
 
 
-REGISTRY: tuple[Strategy, ...] = (RANDOM, SERIES, VECTOR, SERIES_VECTOR, POPULARITY, NEXT_MOVIE, HYBRID,
-                                  SEQ_RULES, ITEM_KNN, SLIST_STRATEGY, SEQ_HYBRID, SEQ_RERANK)
-"""Every strategy, in the order the UI and the leaderboard's inputs list them. ``random`` first:
-every other strategy is checked against it."""
+DEFAULT_REGISTRY: tuple[Strategy, ...] = (RANDOM, SERIES, VECTOR, SERIES_VECTOR, POPULARITY, NEXT_MOVIE, HYBRID,
+                                          SEQ_RULES, ITEM_KNN, SLIST_STRATEGY, SEQ_HYBRID)
+"""The strategies of every run, in the order the UI and the leaderboard's inputs list them. ``random``
+first: every other strategy is checked against it."""
+
+OPTIONAL_STRATEGIES: tuple[Strategy, ...] = (SEQ_RERANK,)
+"""Strategies a deployment adds by name in :data:`EXTRA_STRATEGIES_ENV`: registry entries like the
+others, left out by default for what they cost. ``seq_rerank``'s choice and fit make ``sequence_tuning``
+about 15x longer on the demo (8 s -> 2 min) for no gain on real ratings (docs/evaluation.md)."""
+
+EXTRA_STRATEGIES_ENV = "RCMD_EXTRA_STRATEGIES"
+
+
+def registry_from_environment(environ: Mapping[str, str] | None = None) -> tuple[Strategy, ...]:
+    """:data:`DEFAULT_REGISTRY` plus the optional strategies named (comma-separated) in
+    ``RCMD_EXTRA_STRATEGIES``; an unknown name is an error that lists the optional ones."""
+    import os
+
+    value = (os.environ if environ is None else environ).get(EXTRA_STRATEGIES_ENV, "")
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    optional = {strategy.name: strategy for strategy in OPTIONAL_STRATEGIES}
+    unknown = [name for name in names if name not in optional]
+    if unknown:
+        raise ValueError(f"{EXTRA_STRATEGIES_ENV}={value!r}: {', '.join(map(repr, unknown))} is not an optional "
+                         f"strategy; expected a comma-separated list of {sorted(optional)} (or nothing)")
+    return DEFAULT_REGISTRY + tuple(s for s in OPTIONAL_STRATEGIES if s.name in names)
+
+
+REGISTRY: tuple[Strategy, ...] = registry_from_environment()
+"""Every strategy of this deployment: :data:`DEFAULT_REGISTRY` and the optional ones it names in
+``RCMD_EXTRA_STRATEGIES``."""
 
 
 def by_name(registry: Sequence[Strategy] = REGISTRY) -> dict[str, Strategy]:
