@@ -12,7 +12,7 @@ from rcmd_pipeline.recommenders.history import queries_from_histories
 from rcmd_pipeline.recommenders.item_knn import ItemKNN
 from rcmd_pipeline.recommenders.seq_hybrid import SequenceHybrid, blend_lists
 from rcmd_pipeline.recommenders.seq_rules import SequentialRules
-from rcmd_pipeline.recommenders.sequence_scoring import decay_weights
+from rcmd_pipeline.recommenders.sequence_scoring import _history_positions, _lookup, decay_weights
 from rcmd_pipeline.recommenders.slist import SLIST
 
 # user 1 rates 10, 20, 30; user 2 rates 10, 30, 40 (times 1, 2, 3)
@@ -441,3 +441,13 @@ def test_item_knn_fit_shrinks_equals_one_fit_per_shrink(blocking):
                 assert np.array_equal(state[key], value), (shrink, key)
     with pytest.raises(ValueError, match="shrink"):
         ItemKNN.fit_shrinks(users, movies, times, shrinks=[1.0, -1.0])
+
+
+def test_history_positions_are_kept_per_item_set_and_equal_a_fresh_lookup():
+    q = queries_from_histories([[5, 3, 9], [3], [7, 1, 4]])
+    a, b = np.array([1, 3, 5, 9]), np.array([3, 7])
+    first = _history_positions(q, a)
+    assert first.tolist() == _lookup(a, q.items).tolist() == [2, 1, 3, 1, -1, 0, -1]
+    assert _history_positions(q, a.copy()) is first  # the same item set again: looked up once
+    assert _history_positions(q, b).tolist() == [-1, 0, -1, 0, 1, -1, -1]  # another item set: looked up anew
+    assert _history_positions(q, a).tolist() == first.tolist()

@@ -19,7 +19,14 @@ import scipy.sparse as sp
 
 from rcmd_pipeline.recommenders.history import Queries
 from rcmd_pipeline.recommenders.ratings import _EMPTY, _blocks, _popular_order
-from rcmd_pipeline.recommenders.sequence_scoring import _finish, _HistoryModel, _lookup, _recent_known, decay_weights
+from rcmd_pipeline.recommenders.sequence_scoring import (
+    _finish,
+    _history_positions,
+    _HistoryModel,
+    _lookup,
+    _recent_known,
+    decay_weights,
+)
 from rcmd_pipeline.recommenders.user_sequences import _PAD, _SORT_ROWS, _Sequences, _sequences
 
 _BLOCK_CODES = 6_000_000  # pair instances per block of source movies
@@ -311,7 +318,7 @@ class _NeighbourModel(_HistoryModel):
     def scores(self, q: Queries) -> sp.csr_matrix:
         """(queries x model movies) sparse scores sum_j decay(j) W[a_j, :]."""
         m = len(self.item_ids)
-        row, item, j = _recent_known(q, _lookup(self.item_ids, q.items), self.last_n)
+        row, item, j = _recent_known(q, _history_positions(q, self.item_ids), self.last_n)
         weights = decay_weights(j, self.last_n, self.decay)
         vectors = sp.csr_matrix((weights, (row, item)), shape=(len(q), m))
         return (vectors @ self.matrix).tocsr()

@@ -10,6 +10,8 @@ window. The previous movie itself is never recommended (as ``next_movie``, ``pop
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from rcmd_pipeline.recommenders.base import PAD, append_usable
@@ -44,6 +46,21 @@ def _lookup(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
         return np.full(len(ids), -1, dtype=np.int64)
     pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
     return np.where(sorted_ids[pos] == ids, pos, -1)
+
+
+def _history_positions(q: Queries, sorted_ids: np.ndarray) -> np.ndarray:
+    """``_lookup(sorted_ids, q.items)``: each history movie's index in a model's sorted movie ids.
+
+    Kept on the batch of queries (cached on it) for the last set of ids asked: every query setting of
+    one fitted model, and every fit of SLIST's grid (one item set), look up the same histories, which
+    at MovieLens-32M scale are millions of movies a batch. Callers must not modify the result.
+    """
+    sorted_ids = np.asarray(sorted_ids, dtype=np.int64)
+    key = (len(sorted_ids), hashlib.blake2b(sorted_ids.tobytes(), digest_size=16).digest())
+    cached = q.__dict__.get("_history_positions")
+    if cached is None or cached[0] != key:
+        cached = q.__dict__["_history_positions"] = (key, _lookup(sorted_ids, q.items))
+    return cached[1]
 
 
 def _recent_known(q: Queries, dense_items: np.ndarray, last_n: int) -> tuple[np.ndarray, ...]:

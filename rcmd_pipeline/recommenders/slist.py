@@ -11,7 +11,14 @@ import scipy.sparse as sp
 
 from rcmd_pipeline.recommenders.history import Queries
 from rcmd_pipeline.recommenders.ratings import _EMPTY, _chunks
-from rcmd_pipeline.recommenders.sequence_scoring import _finish, _HistoryModel, _lookup, _recent_known, decay_weights
+from rcmd_pipeline.recommenders.sequence_scoring import (
+    _finish,
+    _history_positions,
+    _HistoryModel,
+    _lookup,
+    _recent_known,
+    decay_weights,
+)
 from rcmd_pipeline.recommenders.user_sequences import _SORT_ROWS, _Sequences, _sequences
 
 
@@ -195,7 +202,7 @@ class SLIST(_HistoryModel):
         """(queries x model movies) scores q B, float32, columns in ``item_ids`` order; and each
         history movie's column (-1 when the model does not know it)."""
         size = len(self.item_ids)
-        where = _lookup(self._sorted_ids, q.items)
+        where = _history_positions(q, self._sorted_ids)
         dense = np.where(where >= 0, self._sorter[np.maximum(where, 0)], -1)
         row, item, j = _recent_known(q, dense, self.last_n)
         # each query weighs at most last_n movies: a sparse product touches only their rows of B
