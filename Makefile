@@ -23,9 +23,10 @@ setup: $(BIN)/.installed
 demo: setup
 	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/dg launch --assets '*'
 
-# one worker per core (pytest-xdist), each taking whole test modules (their module fixtures are built once)
+# one worker per core (pytest-xdist), each taking whole test modules (their module fixtures are built once),
+# in conftest.py's order (the long modules first) rather than xdist's (the modules with most tests first)
 test: setup
-	$(BIN)/python -m pytest -ra -n auto --dist loadfile
+	$(BIN)/python -m pytest -ra -n auto --dist loadfile --no-loadscope-reorder
 
 dev: setup
 	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/dg dev
