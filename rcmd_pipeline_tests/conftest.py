@@ -17,14 +17,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     with whole modules per worker in this order (pytest-xdist, ``--dist loadfile
     --no-loadscope-reorder``): started first, the long modules overlap the many short ones instead
     of leaving one worker alone with them at the end."""
-    rank: dict[str, int] = {}
+    def module(item: pytest.Item) -> str | None:
+        return item.module.__name__ if item.module is not None else None
+
+    rank: dict[str | None, int] = {}  # module -> index in LONG_MARKS of its first kind of test; absent: the rest
     for item in items:
-        if item.module is not None:
-            marks = [i for i, mark in enumerate(LONG_MARKS) if item.get_closest_marker(mark)]
-            rank[item.module.__name__] = min([rank.get(item.module.__name__, len(LONG_MARKS)), *marks])
+        for i, mark in enumerate(LONG_MARKS):
+            if item.get_closest_marker(mark):
+                rank[module(item)] = min(rank.get(module(item), i), i)
     position = {id(item): i for i, item in enumerate(items)}
-    items.sort(key=lambda item: (rank.get(item.module.__name__, len(LONG_MARKS)) if item.module else len(LONG_MARKS),
-                                 position[id(item)]))
+    items.sort(key=lambda item: (rank.get(module(item), len(LONG_MARKS)), position[id(item)]))
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ and, for the study's strategies, the study's HitRatio@10 on MovieLens 32M. Plain
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -334,8 +335,6 @@ EXTRA_STRATEGIES_ENV = "RCMD_EXTRA_STRATEGIES"
 def registry_from_environment(environ: Mapping[str, str] | None = None) -> tuple[Strategy, ...]:
     """:data:`DEFAULT_REGISTRY` plus the optional strategies named (comma-separated) in
     ``RCMD_EXTRA_STRATEGIES``; an unknown name is an error that lists the optional ones."""
-    import os
-
     value = (os.environ if environ is None else environ).get(EXTRA_STRATEGIES_ENV, "")
     names = [name.strip() for name in value.split(",") if name.strip()]
     optional = {strategy.name: strategy for strategy in OPTIONAL_STRATEGIES}
