@@ -12,7 +12,7 @@ from rcmd_pipeline.recommenders.history import queries_from_histories
 from rcmd_pipeline.recommenders.item_knn import ItemKNN
 from rcmd_pipeline.recommenders.seq_hybrid import SequenceHybrid, blend_lists
 from rcmd_pipeline.recommenders.seq_rules import SequentialRules
-from rcmd_pipeline.recommenders.sequence_scoring import _history_positions, _lookup, decay_weights
+from rcmd_pipeline.recommenders.sequence_scoring import _history_codes, _history_positions, _lookup, decay_weights
 from rcmd_pipeline.recommenders.slist import SLIST
 
 # user 1 rates 10, 20, 30; user 2 rates 10, 30, 40 (times 1, 2, 3)
@@ -451,3 +451,16 @@ def test_history_positions_are_kept_per_item_set_and_equal_a_fresh_lookup():
     assert _history_positions(q, a.copy()) is first  # the same item set again: looked up once
     assert _history_positions(q, b).tolist() == [-1, 0, -1, 0, 1, -1, -1]  # another item set: looked up anew
     assert _history_positions(q, a).tolist() == first.tolist()
+
+
+def test_history_codes_are_each_query_movie_once_in_order():
+    # a movie twice in one history, a prev repeated from the history, one id far above the rest
+    q = queries_from_histories([[5, 3, 5, 9], [3], [7, 290_000, 4]], prev=[9, 3, 1])
+    codes, scale = _history_codes(q)
+    assert scale == 290_001
+    expected = sorted({row * scale + movie for row, movies in enumerate([[5, 3, 5, 9, 9], [3, 3], [7, 290_000, 4, 1]])
+                       for movie in movies})
+    assert codes.tolist() == expected
+    assert codes.tolist() == np.unique(codes).tolist()
+    assert _history_codes(q)[0] is codes  # kept on the batch
+
