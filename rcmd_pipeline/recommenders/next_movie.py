@@ -286,7 +286,7 @@ def _rank_pairs(pairs: dict[str, np.ndarray], m: int) -> None:
         key += down
         key += nxt
         del down, weighted, nxt
-        key.sort()
+        key.sort(kind="stable")  # already ordered by previous movie (_count_codes): runs to merge
         prev, rest = np.divmod(key, block)
         del key
         weighted, nxt = np.divmod(rest, m)

@@ -166,7 +166,10 @@ def _sorted_history(users: np.ndarray, movies: np.ndarray, times: np.ndarray, co
             k += movie[part][sel]
             key[filled: filled + len(k)] = k
             filled += len(k)
-        key.sort()
+        # stable (a merge of runs): rating files come grouped by user (MovieLens: by user, then movie), so
+        # the keys are runs already; at 28.8 M ratings in MovieLens order 1.4-1.6x faster than the default
+        # sort, 12 % slower when the rows are shuffled (benchmarks.md)
+        key.sort(kind="stable")
         here = slice(done, done + rows)
         done += rows
         np.remainder(key, n_movies, out=sorted_movie[here], casting="unsafe")  # < n_movies: fits

@@ -89,8 +89,9 @@ def _history_codes(q: Queries) -> tuple[np.ndarray, int]:
         row = np.repeat(np.arange(len(q), dtype=np.int64), np.diff(q.offsets))
         codes = np.concatenate([row * scale + q.items, np.arange(len(q), dtype=np.int64) * scale + q.prev])
         # sort, then drop repeats: np.unique (NumPy 2.4) hashes first and took 2.7 s here for 2.2 M codes
-        # of a 32M-scale batch, against 0.15 s for the sort
-        codes.sort()
+        # of a 32M-scale batch, against 0.15 s for a sort and 0.07 s for a stable one (two runs already in
+        # row order: a merge)
+        codes.sort(kind="stable")
         if len(codes):
             codes = codes[np.r_[True, codes[1:] != codes[:-1]]]
         cached = q.__dict__["_history_codes"] = (codes, scale)
@@ -116,7 +117,7 @@ def _best_per_row(rows: np.ndarray, score: np.ndarray, k: int) -> np.ndarray:
     bits = np.maximum(score, 0).astype(np.float32).view(np.int32).astype(np.int64)
     key = rows << 32
     key |= 0x7F800000 - bits  # descending score within a row
-    ordered = np.sort(key)
+    ordered = np.sort(key, kind="stable")  # rows come in order from every caller: runs to merge
     start = np.flatnonzero(np.r_[True, (ordered[1:] >> 32) != (ordered[:-1] >> 32)])
     count = np.diff(np.r_[start, len(ordered)])
     limit = np.full(int(rows.max()) + 1, np.iinfo(np.int64).max, dtype=np.int64)

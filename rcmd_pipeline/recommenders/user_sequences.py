@@ -119,7 +119,7 @@ class _UserOrder:
         key += t
         key += mv
         del t, u, mv
-        key.sort()
+        key.sort(kind="stable")  # see ratings._sorted_history: the rows come mostly in user order
         return key // self.per_user, key % self.m
 
 
