@@ -20,8 +20,11 @@ Nothing here reads the evaluation window's ratings when choosing: :func:`tune` a
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -34,6 +37,7 @@ from rcmd_pipeline.recommenders.next_movie import NextMovieRecommender
 from rcmd_pipeline.recommenders.popularity import PopularityRecommender
 from rcmd_pipeline.recommenders.seq_hybrid import PrevOnly, blend_lists
 from rcmd_pipeline.recommenders.sequence import MODELS, split_params, with_query_params
+from rcmd_pipeline.recommenders.sequence_scoring import _history_codes
 from rcmd_pipeline.recommenders.slist import SLIST
 from rcmd_pipeline.recommenders.training import leakage_cutoff, training_window
 
@@ -255,6 +259,20 @@ def _next_movie_lists(train: tuple, queries: Queries, depth: int) -> np.ndarray:
     return PrevOnly(NextMovieRecommender(*train, fallback=popularity), "next_movie").recommend_queries(queries, depth)
 
 
+SCORING_THREADS = max(1, min(2, os.cpu_count() or 1))
+"""Query settings of one fitted model scored at once while choosing (two: the 2-core machines this runs on)."""
+
+
+def _recommend(name: str, state, queries: Queries, k: int, query: dict) -> np.ndarray:
+    return MODELS[name].from_state(state, **query).recommend_queries(queries, k)
+
+
+def _shared_by_settings(queries: Queries) -> None:
+    """Build, before the settings are scored side by side, what every setting reads from the batch of
+    queries (kept on it: see ``sequence_scoring``), so no two threads build it at once."""
+    _history_codes(queries)
+
+
 @dataclass(frozen=True)
 class _Best:
     hit_ratio: float
@@ -268,14 +286,19 @@ def _best_setting(name: str, fits, query_grid: dict, queries: Queries, actual: n
     """Every (fit x query) setting of one model scored by validation HitRatio@k; the best (ties: the
     earlier setting) with its fitted state, its parameters (fixed, fit and query) and the table of all."""
     rows, best = [], None
-    for fit_params, state in fits:
-        for query in expand_grid(query_grid):
-            recs = MODELS[name].from_state(state, **query).recommend_queries(queries, k)
-            hr = float(hits_at_k(recs, actual, k).mean())
-            rows.append({**fit_params, **query, "hit_ratio": hr, "n": len(actual)})
-            if best is None or hr > best[0]:
-                best = (hr, {**fixed, **fit_params, **query}, state)
-        del state
+    settings = expand_grid(query_grid)
+    _shared_by_settings(queries)
+    with ThreadPoolExecutor(SCORING_THREADS, thread_name_prefix="tuning-score") as pool:
+        for fit_params, state in fits:
+            # the query settings of one fit are scored side by side (NumPy's sorts, searches and arithmetic
+            # run without the GIL); the results are taken in the grid's order, so the choice is the same
+            scored = list(pool.map(partial(_recommend, name, state, queries, k), settings))
+            for query, recs in zip(settings, scored, strict=True):
+                hr = float(hits_at_k(recs, actual, k).mean())
+                rows.append({**fit_params, **query, "hit_ratio": hr, "n": len(actual)})
+                if best is None or hr > best[0]:
+                    best = (hr, {**fixed, **fit_params, **query}, state)
+            del state, scored
     return _Best(best[0], best[1], best[2], pd.DataFrame(rows))
 
 

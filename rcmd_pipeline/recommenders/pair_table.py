@@ -217,9 +217,10 @@ def _source_groups(seq: _Sequences, n_shifts: int, block_codes: int) -> list[lis
 _THREADS = max(1, min(2, os.cpu_count() or 1))
 """Threads counting a pair table (two: the 2-core machines this runs on; more cores would need the
 block memory budget spread further)."""
-_THREAD_MIN_RATINGS = 8_000_000
-"""Below this one thread: the tuning's 2 M-rating fits gain 4 s from a second thread, and its malloc
-arena kept 60-70 MB that every later step of an in-process run (``movie_vectors`` next) carried."""
+_THREAD_MIN_RATINGS = 1_000_000
+"""Below this one thread (small tables gain nothing). The tuning's 2 M-rating fits use two: 5 s less of
+``sequence_tuning`` at 32M scale. (It was 8 M until the index build's peak came down: the second
+thread's malloc arena keeps 60-70 MB that later steps of an in-process run carry, affordable now.)"""
 
 
 def _kept_pairs(seq: _Sequences, specs: list[_PairSpec], block_codes: int, dense_cells: int):
