@@ -368,3 +368,25 @@ def test_earlier_windows_of_training_queries_each_come_before_the_next_with_part
     assert np.array_equal(w.popular[0], pop.ranked_ids) and np.array_equal(w.popular[1], pop.ranked_counts)
     plain = _windows(lambda: (users, movies, times), cutoff, settings, 1000, None)
     assert plain.earlier == () and plain.popular is None and np.array_equal(plain.actual, w.actual)
+
+
+def test_scoring_settings_two_at_a_time_chooses_and_scores_exactly_as_one_at_a_time(monkeypatch):
+    from rcmd_pipeline.evaluation import tuning
+
+    rng = np.random.default_rng(8)
+    users, movies, times = _ratings(rng, n_users=150)
+    cutoff = leakage_cutoff(build_eval_transitions(users, movies, times, TransitionSettings(5, 100)))
+    grids = {"seq_rules": {"max_gap": [1, 3]}, "item_knn": {"window": [3], "shrink": [0.0, 5.0]},
+             "slist": {"window": [2], "alpha": [0.5, 1.0], "reg": [5.0]}}
+    query_grid = {"last_n": [1, 3, 10], "decay": ["harmonic", "linear"], "exclude_seen": [True, False]}
+    choices = {}
+    for threads in (1, 2):
+        monkeypatch.setattr(tuning, "SCORING_THREADS", threads)
+        choices[threads] = choose_sequence_parameters(lambda: (users, movies, times), cutoff, 5, 100, k=10,
+                                                      grids=grids, query_grid=query_grid,
+                                                      fixed={"slist": {"min_count": 2, "max_items": 50}}, depth=20)
+    one, two = choices[1], choices[2]
+    assert two.chosen == one.chosen and two.validation_hit_ratio == one.validation_hit_ratio
+    for name, table in one.tables.items():
+        pd.testing.assert_frame_equal(two.tables[name], table)
+    assert len(one.tables["slist"]) == 2 * 12 and len(set(one.tables["seq_rules"]["hit_ratio"])) > 1
