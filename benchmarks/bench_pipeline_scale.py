@@ -123,7 +123,12 @@ class TreeSampler:
     def window(self, start: float, end: float, pid: int | None) -> dict:
         """Peak RSS (MB), RSS at the start (MB) and CPU seconds of ``pid`` and its descendants (all when
         None) in [start, end]."""
-        peak, peak_pss, first, cpu_first, cpu_last, n = 0, 0, None, None, None, 0
+        peak, peak_pss, first, n = 0, 0, None, 0
+        # CPU per process: its last sampled CPU time less what it had at the window's first sample (0 for
+        # a process that started later), summed; so processes that start and end inside the window (a
+        # process per step) count too. What a process spends after its last sample (< 0.2 s) is missed.
+        cpu_base: dict[int, float] = {}
+        cpu_last: dict[int, float] = {}
         for t, snap in self.samples:
             if t < start - self.interval or t > end + self.interval:
                 continue
@@ -135,14 +140,15 @@ class TreeSampler:
             peak = max(peak, rss)
             if all(snap[p][3] >= 0 for p in pids):
                 peak_pss = max(peak_pss, sum(snap[p][3] for p in pids))
+            for p in pids:
+                cpu_base.setdefault(p, snap[p][1] if first is None else 0.0)
+                cpu_last[p] = snap[p][1]
             first = rss if first is None else first
-            cpu = sum(snap[p][1] for p in pids)
-            cpu_first = cpu if cpu_first is None else cpu_first
-            cpu_last = cpu
+        cpu = sum(cpu_last[p] - cpu_base[p] for p in cpu_last)
         return {"peak_rss_mb": round(peak / 2**20, 1) if n else None,
                 "peak_pss_mb": round(peak_pss / 2**20, 1) if peak_pss else None,
                 "start_rss_mb": round(first / 2**20, 1) if n else None,
-                "cpu_s": round(cpu_last - cpu_first, 2) if n > 1 else None, "samples": n}
+                "cpu_s": round(cpu, 2) if n > 1 else None, "samples": n}
 
 
 def _with_descendants(pid: int, snap: dict[int, tuple[int, float, int, int]]) -> set[int]:

@@ -32,7 +32,7 @@ from rcmd_pipeline.resources.embedder import embedder_from_environment
 from rcmd_pipeline.resources.lazy_input import LAZY, LazyInputManager
 from rcmd_pipeline.resources.local_state import LocalStateDir, LocalStateIOManager
 from rcmd_pipeline.resources.movie_db import movie_database_from_environment
-from rcmd_pipeline.resources.movielens import MovieLensFiles
+from rcmd_pipeline.resources.movielens import DatasetError, MovieLensFiles, ratings_file
 from rcmd_pipeline.resources.tmdb import tmdb_client_from_environment
 from rcmd_pipeline.resources.vector_store import vector_store_from_environment
 
@@ -78,25 +78,48 @@ nightly_reembedding = ScheduleDefinition(
 
 
 EXECUTOR_ENV = "RCMD_EXECUTOR"
+EXECUTOR_CHOICES = ("auto", "in_process", "multiprocess")
+AUTO_MULTIPROCESS_BYTES = 64 * 1024 * 1024
+"""``auto`` runs a process per step from a ratings file of this size on (about 5 M ratings as CSV, 20 M
+as Parquet); below it, every step in the run's process."""
+FORKSERVER = {"forkserver": {"preload_modules": ["rcmd_pipeline.definitions"]}}
+"""How step processes start: forked from a server that has imported this project once, so a step
+starts in well under a second instead of importing Dagster, pandas and the project again (3.5-5 s)."""
+
+
+def executor_choice(environ=os.environ) -> str:
+    """``in_process`` or ``multiprocess``: ``RCMD_EXECUTOR``, where ``auto`` (the default) picks by the size
+    of the ratings file in ``RCMD_DATASET_PATH`` (:data:`AUTO_MULTIPROCESS_BYTES`)."""
+    choice = (environ.get(EXECUTOR_ENV) or "auto").strip()
+    if choice not in EXECUTOR_CHOICES:
+        raise ValueError(f"{EXECUTOR_ENV} must be one of {', '.join(EXECUTOR_CHOICES)}; got {choice!r}")
+    if choice != "auto":
+        return choice
+    try:
+        size = ratings_file(settings.dataset_path(environ)).stat().st_size
+    except (DatasetError, OSError):  # no data set yet: the ratings asset will say what is missing
+        return "in_process"
+    return "multiprocess" if size >= AUTO_MULTIPROCESS_BYTES else "in_process"
 
 
 def executor_from_environment(environ=os.environ) -> ExecutorDefinition:
-    """Dagster's own in-process / multiprocess executor, with the default taken from ``RCMD_EXECUTOR``:
-    ``in_process`` (the default) runs every step of a run in one process, ``multiprocess`` starts a
-    process per step. A run can still choose either in its config (``execution: config: multiprocess:``).
+    """Dagster's own in-process / multiprocess executor, with the default taken from ``RCMD_EXECUTOR``
+    (:func:`executor_choice`). A run can still choose either in its config (``execution: config:
+    multiprocess:`` or ``in_process:``).
 
-    In-process is the default because on the 2-core machines this project runs on, each step process
-    costs seconds and ~200 MB to start, most steps are short or skipped when their inputs did not
-    change, and the heavy steps gain nothing from running beside each other on 2 cores
-    (measurements in docs/benchmarks.md).
+    Why ``auto``: at MovieLens-32M scale the heavy steps are independent branches (the embeddings and
+    the vector index beside the sequence models), and two of them at a time on 2 cores made the cold run
+    15-20 % shorter, with every step's peak lower (no memory carried from earlier steps), while an
+    unchanged run pays about 0.5 s a step for its processes. On a small data set (the demo, the tests)
+    the steps are short and the processes would cost more than they give: one process does it all.
+    Figures: docs/benchmarks.md.
     """
-    choice = (environ.get(EXECUTOR_ENV) or "in_process").strip()
-    if choice not in ("in_process", "multiprocess"):
-        raise ValueError(f"{EXECUTOR_ENV} must be 'in_process' or 'multiprocess', got {choice!r}")
+    choice = executor_choice(environ)
+    multiprocess = {"max_concurrent": None, "start_method": FORKSERVER}  # None: one process per core
     return ExecutorDefinition(
         name="rcmd_executor",
         config_schema=Field(Selector({"multiprocess": MULTI_PROC_CONFIG, "in_process": IN_PROC_CONFIG}),
-                            default_value={choice: {}}),
+                            default_value={choice: multiprocess if choice == "multiprocess" else {}}),
         requirements=lambda config: multiple_process_executor_requirements() if "multiprocess" in config else [],
         executor_creation_fn=multi_or_in_process_executor.executor_creation_fn,
         description=f"In-process or multiprocess (default {choice}, from {EXECUTOR_ENV}).",

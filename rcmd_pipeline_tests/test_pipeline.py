@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, DagsterInstance, DagsterRunStatus
+from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus
 
 from rcmd_pipeline import cli, settings
 from rcmd_pipeline.definitions import defs
@@ -162,3 +162,51 @@ def test_definitions_validate_from_the_project_root_without_flags(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Validation successful" in done.stderr + done.stdout
+
+
+def test_the_executor_is_chosen_by_the_size_of_the_ratings_file(tmp_path):
+    from rcmd_pipeline.definitions import AUTO_MULTIPROCESS_BYTES, executor_choice, executor_from_environment
+
+    small, large = tmp_path / "small", tmp_path / "large"
+    for folder, size in ((small, 1000), (large, AUTO_MULTIPROCESS_BYTES)):
+        folder.mkdir()
+        with open(folder / "ratings.csv", "wb") as f:  # only its size is looked at (a sparse file here)
+            f.truncate(size)
+    assert executor_choice({"RCMD_DATASET_PATH": str(small)}) == "in_process"
+    assert executor_choice({"RCMD_DATASET_PATH": str(large)}) == "multiprocess"
+    assert executor_choice({"RCMD_DATASET_PATH": str(tmp_path / "missing")}) == "in_process"
+    assert executor_choice({}) == "in_process"  # the demo
+    assert executor_choice({"RCMD_DATASET_PATH": str(large), "RCMD_EXECUTOR": "in_process"}) == "in_process"
+    assert executor_choice({"RCMD_DATASET_PATH": str(small), "RCMD_EXECUTOR": " multiprocess "}) == "multiprocess"
+    with pytest.raises(ValueError, match="RCMD_EXECUTOR must be one of auto, in_process, multiprocess; got 'threads'"):
+        executor_choice({"RCMD_EXECUTOR": "threads"})
+    default = executor_from_environment({"RCMD_DATASET_PATH": str(large)}).config_schema.default_value
+    assert default == {"multiprocess": {"max_concurrent": None, "start_method": {
+        "forkserver": {"preload_modules": ["rcmd_pipeline.definitions"]}}}}
+    assert executor_from_environment({"RCMD_DATASET_PATH": str(small)}).config_schema.default_value == \
+        {"in_process": {}}
+
+
+@pytest.mark.slow
+def test_cli_materialize_with_a_process_per_step_forked_from_a_preloaded_server(tmp_path, small_dataset):
+    env = _cli_env(tmp_path)
+    env.update(RCMD_DATASET_PATH=str(small_dataset), RCMD_EXECUTOR="multiprocess")
+    dagster = Path(sys.executable).with_name("dagster")
+    selection = ["movielens_links", "movielens_movies", "movielens_ratings"]
+    done = subprocess.run(
+        [str(dagster), "asset", "materialize", "-m", "rcmd_pipeline.definitions", "--select", ",".join(selection)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    with DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        [run] = instance.get_runs()
+        assert run.status == DagsterRunStatus.SUCCESS
+        events = instance.all_logs(run.run_id)
+        run_pid = next(e.dagster_event.pid for e in events
+                       if e.dagster_event and e.dagster_event.event_type == DagsterEventType.RUN_START)
+        step_pids = {e.step_key: e.dagster_event.pid for e in events
+                     if e.dagster_event and e.dagster_event.event_type == DagsterEventType.STEP_START}
+        assert sorted(step_pids) == sorted(selection)
+        assert run_pid not in step_pids.values() and len(set(step_pids.values())) == 3, "a process per step"
+        for name in selection:
+            assert instance.get_latest_materialization_event(AssetKey(name)) is not None, name
