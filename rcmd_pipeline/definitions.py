@@ -109,8 +109,9 @@ def executor_from_environment(environ=os.environ) -> ExecutorDefinition:
 
     Why ``auto``: at MovieLens-32M scale the heavy steps are independent branches (the embeddings and
     the vector index beside the sequence models), and two of them at a time on 2 cores made the cold run
-    15-20 % shorter, with every step's peak lower (no memory carried from earlier steps), while an
-    unchanged run pays about 0.5 s a step for its processes. On a small data set (the demo, the tests)
+    shorter (median 205 s against 242-286 s), with every step's peak lower (no memory carried from
+    earlier steps: 1.65 GB at most against 1.92 GB), while an unchanged run pays about 0.4 s a step for
+    its processes (35 s against 13-18 s). On a small data set (the demo, the tests)
     the steps are short and the processes would cost more than they give: one process does it all.
     Figures: docs/benchmarks.md.
     """
