@@ -91,13 +91,9 @@ def eval_transitions(
     if previous is not None:
         return versioning.kept(context, version, previous)
     settings = TransitionSettings(min_movie_ratings=config.min_movie_ratings, eval_size=config.eval_size)
-    movielens_ratings = movielens_ratings.load()
-    pairs = build_eval_transitions(
-        movielens_ratings["userId"].to_numpy(),
-        movielens_ratings["movieId"].to_numpy(),
-        movielens_ratings["timestamp"].to_numpy(),
-        settings,
-    )
+    ratings = movielens_ratings.arrays(["userId", "movieId", "timestamp"])  # arrays, not a DataFrame
+    pairs = build_eval_transitions(ratings["userId"], ratings["movieId"], ratings["timestamp"], settings)
+    del ratings
     pairs.attrs.update(min_movie_ratings=settings.min_movie_ratings, eval_size=settings.eval_size)
     return versioning.computed(pairs, version, {
         "dagster/row_count": len(pairs),
