@@ -464,3 +464,17 @@ def test_history_codes_are_each_query_movie_once_in_order():
     assert codes.tolist() == np.unique(codes).tolist()
     assert _history_codes(q)[0] is codes  # kept on the batch
 
+
+
+def test_sorted_unique_equals_np_unique_and_serves_ids_a_lookup_table_cannot():
+    from rcmd_pipeline.recommenders.ratings import _Densifier, sorted_unique
+
+    rng = np.random.default_rng(3)
+    for values in (np.zeros(0, np.int64), np.array([5]), rng.integers(-50, 50, 1000),
+                   rng.integers(0, 2**40, 1000), np.repeat(np.arange(7), 3)):
+        for kind in (None, "stable"):
+            assert sorted_unique(values, kind).tolist() == np.unique(values).tolist()
+    ids = np.array([10**12, -3, 7, 10**12, 7])  # negative and huge: the sort, not a table
+    densify = _Densifier(ids)
+    assert densify.ids.tolist() == [-3, 7, 10**12]
+    assert densify(ids).tolist() == [2, 0, 1, 2, 1]

@@ -57,6 +57,16 @@ def _chunks(n: int, factor: int = 1) -> list[slice]:
     return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
+def sorted_unique(values: np.ndarray, kind: str | None = None) -> np.ndarray:
+    """``np.unique(values)`` of 1-D integers by a sort (``kind`` as ``np.sort``'s) and a pass dropping repeats.
+
+    NumPy 2.4's ``np.unique`` hashes first: 2.7 s against 0.15 s for a sort of the 2.2 M history codes of
+    3,000 32M-scale queries, 7 s against 0.4 s for 5 M ids spread over a large range.
+    """
+    out = np.sort(values, kind=kind)
+    return out[np.r_[True, out[1:] != out[:-1]]] if len(out) else out
+
+
 class _Densifier:
     """Dense index (0..k-1 in id order, int32) of integer ids, in chunks: a lookup table when ids allow."""
 
@@ -70,7 +80,7 @@ class _Densifier:
             self.ids = np.flatnonzero(present).astype(np.int64)
             self._table = np.cumsum(present, dtype=np.int32) - 1 if len(self.ids) else np.zeros(0, np.int32)
         else:  # negative or huge ids: a sort instead of a table
-            self.ids = np.unique(x).astype(np.int64)
+            self.ids = sorted_unique(x).astype(np.int64)
             self._table = None
 
     def __call__(self, chunk: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ import numpy as np
 
 from rcmd_pipeline.recommenders.base import PAD, append_usable
 from rcmd_pipeline.recommenders.history import Queries
+from rcmd_pipeline.recommenders.ratings import sorted_unique
 
 DECAYS = ("harmonic", "linear", "flat")
 
@@ -88,13 +89,8 @@ def _history_codes(q: Queries) -> tuple[np.ndarray, int]:
         scale = int(max(q.items.max(initial=0), q.prev.max(initial=0))) + 1
         row = np.repeat(np.arange(len(q), dtype=np.int64), np.diff(q.offsets))
         codes = np.concatenate([row * scale + q.items, np.arange(len(q), dtype=np.int64) * scale + q.prev])
-        # sort, then drop repeats: np.unique (NumPy 2.4) hashes first and took 2.7 s here for 2.2 M codes
-        # of a 32M-scale batch, against 0.15 s for a sort and 0.07 s for a stable one (two runs already in
-        # row order: a merge)
-        codes.sort(kind="stable")
-        if len(codes):
-            codes = codes[np.r_[True, codes[1:] != codes[:-1]]]
-        cached = q.__dict__["_history_codes"] = (codes, scale)
+        # stable: the codes are two runs already in row order, a merge (0.07 s against 0.15 s at 32M scale)
+        cached = q.__dict__["_history_codes"] = (sorted_unique(codes, kind="stable"), scale)
     return cached
 
 
