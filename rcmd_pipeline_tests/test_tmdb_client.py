@@ -96,7 +96,7 @@ def test_parse_flattens_toy_story_from_the_demo_snapshot():
         "original_language": "en", "overview": body["overview"], "tagline": body["tagline"],
         "release_date": "1995-10-30", "runtime": 81, "imdb_id": "tt0114709", "adult": False,
         "poster_path": "", "collection_id": 10194, "collection_name": "토이 스토리 시리즈",
-        "genres": "애니메이션|코미디|가족",
+        "genres": "애니메이션|코미디|가족", "vote_count": body["vote_count"],
     }
 
 
@@ -106,6 +106,7 @@ def test_parse_optional_fields_missing_or_null_get_neutral_values():
         "movieId": 7, "tmdbId": 70, "title": "제목", "original_title": "", "original_language": "",
         "overview": "", "tagline": "", "release_date": None, "runtime": None, "imdb_id": "",
         "adult": False, "poster_path": "", "collection_id": 0, "collection_name": "", "genres": "",
+        "vote_count": None,
     }
     nulls = movie_body(70, title="제목", overview=None, tagline=None, release_date="", runtime=0,
                        imdb_id=None, adult=None, poster_path=None, belongs_to_collection=None, genres=None)
@@ -136,6 +137,8 @@ def test_parse_optional_fields_missing_or_null_get_neutral_values():
         ({"id": 862, "title": "x", "belongs_to_collection": {"name": "Toy Story"}}, "'belongs_to_collection.id'"),
         ({"id": 862, "title": "x", "genres": "Animation"}, "'genres'"),
         ({"id": 862, "title": "x", "genres": [{"id": 16}]}, "'genres'"),
+        ({"id": 862, "title": "x", "vote_count": "17"}, "'vote_count'"),
+        ({"id": 862, "title": "x", "vote_count": -3}, "'vote_count'"),
     ],
 )
 def test_parse_rejects_missing_or_mistyped_fields_naming_movie_and_field(body, field):

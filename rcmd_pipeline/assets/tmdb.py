@@ -74,6 +74,7 @@ def tmdb_movie_info_kr(
     _fail_on_a_bad_fetch(records, report, config, metadata)
     frame = pd.DataFrame.from_records(list(records.values()), columns=list(RECORD_COLUMNS))
     frame = frame.sort_values("movieId").reset_index(drop=True)
+    frame["vote_count"] = frame["vote_count"].astype("Int64")  # None (absent) stays missing, not NaN floats
     metadata.update({
         "dagster/row_count": len(frame),
         "with_overview": int((frame["overview"] != "").sum()),

@@ -27,6 +27,7 @@ def parse_movie_details(movie_id: int, body) -> dict:
     release_date, runtime, adult = fields.release_date(), fields.runtime(), fields.adult()
     collection_id, collection_name = fields.collection()
     genres = fields.genres()
+    vote_count = fields.count("vote_count")
     return {
         "movieId": int(movie_id),
         "tmdbId": fields.tmdb_id,
@@ -43,6 +44,7 @@ def parse_movie_details(movie_id: int, body) -> dict:
         "collection_id": collection_id,
         "collection_name": collection_name,
         "genres": genres,
+        "vote_count": vote_count,
     }
 
 
@@ -108,6 +110,17 @@ class _Fields:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             self.fail("runtime", f"field 'runtime' must be a whole number of minutes, got {show(value)}")
         return value or None
+
+    def count(self, name: str) -> int | None:
+        """A whole number >= 0 (TMDB's ``vote_count``), None when absent."""
+        value = self.body.get(name)
+        if value is None:
+            return None
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            self.fail(name, f"field {name!r} must be a whole number >= 0, got {show(value)}")
+        return value
 
     def adult(self) -> bool:
         value = self.body.get("adult")
