@@ -69,6 +69,8 @@ from taste_part import Taste, genre_matrix  # noqa: E402  (tried for issue 10, n
 REAL = ROOT.parent / "shared" / "data" / "real-movies-small" / "ratings_small.csv"
 DEMO = ROOT / "data" / "demo" / "ratings.csv"
 DEMO_MOVIES = ROOT / "data" / "demo" / "movies.csv"
+REAL_SMALL = ROOT / "benchmarks" / "work" / "real-small"
+"""``make_real_small_dataset.py --out`` here: the real data's links and TMDB snapshot (``--rerank-content``)."""
 K = 10
 MAX_LEN = 100_000  # whole histories: exclude_seen must see every earlier rating
 
@@ -161,10 +163,11 @@ def evaluate(label: str, users, movies, times, min_movie_ratings: int, eval_size
     started = time.perf_counter()
     split = validation_split(users, movies, times, min_movie_ratings, eval_size)
     grids = dict(grids=FULL_GRIDS, query_grid=FULL_QUERY_GRID) if full_grid else {}
-    extra_fn = genre_similarity(genres) if (rerank is not None and genres is not None) else None
+    extra_fn = genre_similarity(genres) if (rerank is not None and genres is not None) else rerank.extra if rerank \
+        else None
     if extra_fn is not None:  # the views on (they won on the demo, where the genre trial was made)
         rerank = RerankOptions(grid=[p for p in expand_grid(rerank.grid or RERANK_GRID) if p["views"]],
-                               max_iter=rerank.max_iter, extra=extra_fn)
+                               max_iter=rerank.max_iter, extra=extra_fn, content=rerank.content)
     choice = choose_sequence_parameters(lambda: (users, movies, times), split.final_cutoff, min_movie_ratings,
                                         eval_size, K, fixed={"slist": SLIST_ITEMS}, depth=DEPTH, max_len=MAX_LEN,
                                         log=lambda line: print(f"  [{label}] {line}", flush=True),
@@ -183,11 +186,13 @@ def evaluate(label: str, users, movies, times, min_movie_ratings: int, eval_size
     rerank_info = None
     if rerank is not None:  # as seq_rerank_model + its hit ratio: the stored choice over the refitted parts
         chosen = choice.chosen["seq_rerank"]
+        members = sequence_members(parts["next_movie"], final_states)
         extra["seq_rerank"] = Reranker.from_state(
-            state_from_choice(chosen), sequence_members(parts["next_movie"], final_states), popularity.ranked_ids,
+            state_from_choice(chosen), members, popularity.ranked_ids,
             popularity.ranked_counts, extra_features=extra_fn)
         rerank_info = {"chosen": {k: v for k, v in chosen.items() if k not in ("feature_names", "weights", "mean",
-                                                                               "std", "part_names")},
+                                                                               "std", "part_names", "booster")
+                                  and not k.startswith("content_")},
                        "inner_hit_ratio": choice.inner_hit_ratio, "selected": choice.selected,
                        "validation_in_sample": choice.validation_hit_ratio["seq_rerank"],
                        "grid": choice.tables["seq_rerank"].to_dict("records"), **choice.info,
@@ -236,7 +241,9 @@ def evaluate(label: str, users, movies, times, min_movie_ratings: int, eval_size
         "final_cutoff": split.final_cutoff, "validation_users": int(split.validation["userId"].nunique()),
         "evaluation_users": int(split.evaluation["userId"].nunique()),
         "history_bins_n": {bl: int((bins == bl).sum()) for _, _, bl in HISTORY_BINS},
-        "chosen": choice.chosen, "best_on_validation": best_on_val, "best_single_part_on_validation": best_part,
+        "chosen": {name: {k: v for k, v in params.items() if not k.startswith("content_") and k != "booster"}
+                   for name, params in choice.chosen.items()},
+        "best_on_validation": best_on_val, "best_single_part_on_validation": best_part,
         "seconds": round(time.perf_counter() - started, 1), **taste_info,
     }
     if rerank_info is not None:
@@ -275,6 +282,20 @@ def _genre_table(data: str) -> tuple[np.ndarray, np.ndarray]:
     return ids[order], matrix[order]
 
 
+def content_table(folder: Path):
+    """The catalogue's TMDB metadata (``ContentTable``) from a data folder's ``links.csv`` and
+    ``tmdb/ko-KR`` snapshot, read as the pipeline's ``tmdb_movie_info_kr`` reads them."""
+    from rcmd_pipeline.recommenders.content import ContentTable
+    from rcmd_pipeline.resources.tmdb.snapshot import SnapshotTmdbClient
+
+    links = pd.read_csv(folder / "links.csv", dtype={"tmdbId": "Int64"})
+    links = links[links["tmdbId"].notna()]
+    items = [(int(m), int(t)) for m, t in zip(links["movieId"], links["tmdbId"], strict=True)]
+    records, _ = SnapshotTmdbClient(snapshot_dir=str(folder / "tmdb" / "ko-KR")).fetch_details(items, folder)
+    frame = pd.DataFrame(list(records.values()))
+    return ContentTable.from_frame(frame)
+
+
 def genre_similarity(table: tuple[np.ndarray, np.ndarray]):
     """(queries, candidates) -> {"genre jaccard with prev": Jaccard of the candidate's and the previous
     movie's genre sets, 0 when either is unknown or has none}."""
@@ -306,7 +327,8 @@ def print_result(result: dict) -> None:
     print("best on validation:", s["best_on_validation"], "| hybrid's best single part on validation:",
           s["best_single_part_on_validation"])
     print("chosen:", json.dumps({name: {k: v for k, v in params.items()
-                                        if k not in ("feature_names", "weights", "mean", "std")}
+                                        if k not in ("feature_names", "weights", "mean", "std", "booster")
+                                        and not k.startswith("content_")}
                                  for name, params in s["chosen"].items()}, default=str))
     if "taste_chosen" in s:
         print("taste chosen:", json.dumps(s["taste_chosen"]), "| blend with taste:", json.dumps(s["blend_with_taste"]))
@@ -452,7 +474,10 @@ def _tune_scale(path: str, rerank: RerankOptions | None = None) -> dict:
               "tune_wall_seconds": round(wall, 1), "tune_cpu_seconds": round(cpu, 1),
               "rss_before_mb": round(rss_before),
               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-              "chosen": choice.chosen, "validation_hit_ratio": choice.validation_hit_ratio,
+              "chosen": {name: {k: v for k, v in params.items() if k not in ("booster", "weights", "mean", "std",
+                                                                              "feature_names")
+                                and not k.startswith("content_")} for name, params in choice.chosen.items()},
+              "validation_hit_ratio": choice.validation_hit_ratio,
               "load_average": [round(x, 1) for x in os.getloadavg()]}
     print(json.dumps(result, default=str), flush=True)
     return result
@@ -468,6 +493,9 @@ def main() -> None:
                     help="also tune the user-taste part (rating values x genres) and blend it in as a fifth part")
     ap.add_argument("--rerank", action="store_true",
                     help="also a learned re-ranker over the parts' lists (chosen by an inner split of validation)")
+    ap.add_argument("--rerank-content", action="store_true",
+                    help="with --rerank: the previous movie's TMDB content neighbours as a part, their genre "
+                         "Jaccard and language as features (real data: benchmarks/work/real-small)")
     ap.add_argument("--rerank-genres", action="store_true",
                     help="with --rerank: add the genre Jaccard of each candidate with the previous movie as a feature")
     ap.add_argument("--rerank-grid", choices=["asset", "full"], default="asset",
@@ -495,11 +523,19 @@ def main() -> None:
         if args.rerank_max_iter:
             grid = [{**p, "max_iter": int(v)} for p in grid for v in args.rerank_max_iter.split(",")]
         rerank = RerankOptions(grid=grid)
+    content = {}
+    if args.rerank_content and not args.tune_scale:
+        content = {"demo": content_table(DEMO.parent), "real": content_table(REAL_SMALL)}
     if args.tune_scale:  # with --rerank: the re-ranker too, as sequence_tuning chooses it
+        if rerank is not None and args.rerank_content:  # the data folder's own TMDB snapshot
+            rerank = RerankOptions(grid=rerank.grid, max_iter=rerank.max_iter,
+                                   content=content_table(Path(args.tune_scale).parent))
         _tune_scale(args.tune_scale, rerank)
         return
     results = []
     if args.data in ("real", "both"):
+        if content:
+            rerank = RerankOptions(grid=rerank.grid, max_iter=rerank.max_iter, content=content["real"])
         if REAL.exists():
             taste = (_rating_values(REAL), _real_genres()) if args.taste else None
             results.append(evaluate("real ratings_small", *_load(REAL), args.real_min_ratings,
@@ -509,6 +545,8 @@ def main() -> None:
         else:
             print(f"{REAL} is absent: skipping the real data set")
     if args.data in ("demo", "both"):
+        if content:
+            rerank = RerankOptions(grid=rerank.grid, max_iter=rerank.max_iter, content=content["demo"])
         taste = (_rating_values(DEMO), _demo_genres()) if args.taste else None
         results.append(evaluate("demo", *_load(DEMO), 1000, 3000, args.full_grid, rerank,
                                 _genre_table("demo") if args.rerank_genres else None, taste))

@@ -142,6 +142,8 @@ def main() -> None:
     parser.add_argument("--dagster", default=str(Path(sys.executable).with_name("dagster")),
                         help="dagster executable (default: the one beside this Python)")
     parser.add_argument("--compare", type=Path, help="figures JSON to compare with; exit 1 on any difference")
+    parser.add_argument("--extra-strategies", default="",
+                        help="RCMD_EXTRA_STRATEGIES for the run (other RCMD_ variables are cleared), e.g. seq_rerank")
     parser.add_argument("--keep", action="store_true", help="keep the temporary DAGSTER_HOME and RCMD_DATA_DIR")
     args = parser.parse_args()
 
@@ -166,6 +168,8 @@ def main() -> None:
         data_dir.mkdir()
         shutil.copyfile(yaml, dagster_home / "dagster.yaml")
         env = clean_environment(project_root, dataset, dagster_home, data_dir)
+        if args.extra_strategies:  # the optional strategies (RCMD_EXTRA_STRATEGIES), e.g. seq_rerank
+            env["RCMD_EXTRA_STRATEGIES"] = args.extra_strategies
         assets = discover(sys.executable, project_root, env)
         print(f"project {project_root}, dataset {dataset}, strategies: {', '.join(assets)}", flush=True)
         config = {"ops": {"eval_transitions": {"config": {"min_movie_ratings": args.min_movie_ratings,

@@ -24,6 +24,7 @@ from rcmd_pipeline.evaluation.tuning import (
     tune_blend,
     validation_split,
 )
+from rcmd_pipeline.recommenders.content import ContentTable
 from rcmd_pipeline.recommenders.history import (
     build_queries,
     history_bin_labels,
@@ -284,8 +285,15 @@ def test_the_sequence_choice_reads_nothing_of_the_evaluation_window():
     grids = {"seq_rules": {"max_gap": [1, 3]}, "item_knn": {"window": [3], "shrink": [0.0, 5.0]},
              "slist": {"window": [2], "alpha": [0.5, 1.0], "reg": [5.0]}}
     fixed = {"slist": {"min_count": 2, "max_items": 50}}
-    # the re-ranker too, with an earlier window of training queries (its parts refitted before it)
-    rerank = RerankOptions(grid={"views": [False, True], "scores": [True], "l2": [0.01], "earlier": [0, 1]})
+    # the re-ranker too, with an earlier window of training queries (its parts refitted before it) and the
+    # content neighbours of a made-up catalogue (metadata: the same for any window)
+    ids = np.unique(movies)
+    genres = ["|".join(g for g in ("A", "B", "C", "D") if rng.random() < 0.4) for _ in ids]
+    content = ContentTable.from_records(ids, genres, rng.choice(["en", "ko"], len(ids)), [0] * len(ids),
+                                        rng.integers(0, 1000, len(ids)))
+    grid = [{"views": views, "scores": True, "l2": 0.01, "earlier": earlier} for views in (False, True)
+            for earlier in (0, 1)] + [{"views": True, "scores": True, "model": "boosted", "rounds": 20, "earlier": 1}]
+    rerank = RerankOptions(grid=grid, content=content)
 
     def choose(m):
         return choose_sequence_parameters(lambda: (users, m, times), cutoff, 5, 100, k=10, grids=grids, fixed=fixed,
@@ -301,6 +309,8 @@ def test_the_sequence_choice_reads_nothing_of_the_evaluation_window():
     inner = first.inner_hit_ratio  # the re-ranker only when it beats the blend on the inner split
     assert first.selected == ("seq_rerank" if inner["seq_rerank"] > inner["seq_hybrid"] else "seq_hybrid")
     assert len(first.chosen["seq_rerank"]["weights"]) == len(first.chosen["seq_rerank"]["feature_names"])
+    assert "content" in first.chosen["seq_rerank"]["part_names"]
+    assert first.chosen["seq_rerank"]["content_ids"] == ids.tolist()  # the table travels with the choice
     assert len(set(first.tables["seq_rerank"]["hit_ratio"])) > 1  # the re-ranker's grid discriminates too
     for name, table in first.tables.items():
         pd.testing.assert_frame_equal(second.tables[name], table)

@@ -110,6 +110,11 @@ def test_a_toy_strategy_gets_everything_from_one_registry_entry(tmp_path, small_
     # the leaderboard names the strategy selected on validation (by sequence_tuning), not the best on evaluation
     selected = decode_selected(result.output_for_node("sequence_tuning"))
     assert selected in ("seq_hybrid", "seq_rerank") and "seq_rerank" in board.index
+    # the re-ranker reads the TMDB details' content neighbours: its stored state carries the content table
+    rerank_state = result.output_for_node("seq_rerank_model")
+    assert "content" in rerank_state["part_names"].tolist()
+    details = result.output_for_node("tmdb_movie_info_kr")
+    assert sorted(rerank_state["content_ids"].tolist()) == sorted(details["movieId"].tolist())
     board_meta = result.asset_materializations_for_node("strategy_leaderboard")[0].metadata
     assert board_meta["selected_on_validation"].value == selected
     assert board_meta["selected_hit_ratio"].value == pytest.approx(board.loc[selected, "hit_ratio"])

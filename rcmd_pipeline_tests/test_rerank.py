@@ -18,6 +18,7 @@ from rcmd_pipeline.recommenders.rerank import (
     candidates,
     features,
     fit_blocks,
+    fit_boosted,
     fit_conditional_logit,
     history_band,
     log_counts,
@@ -120,6 +121,39 @@ def test_fit_learns_the_feature_that_marks_the_next_movie_and_skips_queries_with
     z = (np.column_stack([signal, noise]) - fitted.mean) / fitted.std
     top = rank_candidates(c, z @ fitted.weights, 1)[:, 0]
     assert (top[3:] == actual[3:]).all()
+
+
+def test_boosted_trees_learn_a_non_linear_mark_of_the_next_movie_and_survive_the_state():
+    # the next movie is the candidate whose feature lies in a middle band: no linear order finds it
+    rng = np.random.default_rng(1)
+    n, width = 300, 6
+    rows = np.repeat(np.arange(n), width)
+    ids = np.tile(np.arange(1, width + 1), n)
+    actual = rng.integers(1, width + 1, n)
+    actual[:5] = 99  # not among the candidates: skipped
+    band = np.where(ids == actual[rows], rng.uniform(0.4, 0.6, len(ids)),
+                    np.where(rng.random(len(ids)) < 0.5, rng.uniform(0, 0.3, len(ids)), rng.uniform(0.7, 1, len(ids))))
+    x = np.column_stack([band, rng.standard_normal(len(ids))]).astype(np.float32)
+    c = Candidates(rows, ids, np.ones((len(ids), 1), np.int64), n)
+    boosted = fit_boosted([(x, c, actual)], rounds=60)
+    assert boosted.booster and boosted.queries_used == n - 5
+    assert boosted.weights[0] > 0.9  # the band feature carries (nearly) all the gain
+    top = rank_candidates(c, boosted.score(x), 1)[5:, 0]
+    assert (top == actual[5:]).mean() > 0.95
+    linear = fit_conditional_logit(x, c, actual, l2=1e-3)
+    assert (rank_candidates(c, linear.score(x), 1)[5:, 0] == actual[5:]).mean() < 0.5
+    assert fit_boosted([(x, c, actual)], rounds=60).booster == boosted.booster  # the same data, the same trees
+    # a re-ranker with the trees, through its state
+    parts = {"a": _Listed(np.tile(np.arange(1, 5), (2, 1)))}
+    q = queries_from_histories([[9], [8]])
+    cand = candidates(q, [parts["a"].recommend_queries(q, 4)])
+    xq, cols = features(cand, np.zeros(len(cand.ids)), history_band(q), ["a"], interactions=False)
+    trees = fit_boosted([(xq, cand, np.array([3, 2]))], rounds=5)
+    rr = Reranker(parts, ["a"], trees, np.array([1, 2]), np.array([5, 4]), interactions=False, depth=4,
+                  feature_names=cols)
+    again = Reranker.from_state(rr.state(), parts, np.array([1, 2]), np.array([5, 4]))
+    assert again.fitted.booster == trees.booster
+    np.testing.assert_array_equal(again.recommend_queries(q, 3), rr.recommend_queries(q, 3))
 
 
 def test_rank_candidates_ties_go_to_the_candidate_listed_first_and_short_rows_pad():
@@ -232,3 +266,22 @@ def test_the_previous_movie_views_are_the_same_states_scored_from_the_last_movie
     # the history's last movie only: 20 -> 30 and 20 -> 40 (1 each); the full history would add 10 -> 30/40 (1/2)
     assert view.last_n == 1 and view.recommend_queries(q, 2).tolist() == [[30, 40]]
     assert view.candidate_scores(q, np.array([0, 0]), np.array([30, 40])).tolist() == [1.0, 1.0]
+
+
+def test_a_block_builds_the_features_of_the_usable_queries_only_and_counts_the_others_as_misses():
+    from rcmd_pipeline.evaluation.rerank_choice import QueryWindow, block_hit_ratio, usable_block, window_features
+    from rcmd_pipeline.recommenders.rerank import BASE_PARTS
+
+    q = queries_from_histories([[5, 7], [9], [4]])
+    lists = {name: np.array([[1, 2, 3], [2, 3, 4], [1, 2, 3]]) for name in BASE_PARTS}
+    actual = np.array([2, 8, 3])  # query 1's next movie (8) is no candidate
+    w = QueryWindow(q, actual, lists, {}, np.array([1, 2, 3, 4]), np.array([4, 3, 2, 1]))
+    block, cols = usable_block(w, views=False, scores=False, extra=None, content=False)
+    assert block.n == 3 and block.c.n_queries == 2 and block.actual.tolist() == [2, 3]
+    c, x, all_cols = window_features(w, False, False)
+    assert cols == all_cols and np.array_equal(block.x, x[c.rows != 1])  # the same rows, query 1's left out
+    fitted = Fitted(np.zeros(len(cols)), np.zeros(len(cols)), np.ones(len(cols)), 0, True)
+    # first-listing order: query 0 lists 1, 2, 3 (2 in the top 2), query 2 lists 1, 2, 3 (3 is third)
+    assert block_hit_ratio(block, fitted, 2) == pytest.approx(1 / 3)
+    half, _ = usable_block(w, False, False, None, False, np.array([1, 2]))
+    assert half.n == 2 and half.c.n_queries == 1 and block_hit_ratio(half, fitted, 3) == pytest.approx(1 / 2)

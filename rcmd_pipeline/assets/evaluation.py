@@ -39,6 +39,7 @@ from rcmd_pipeline.evaluation.tuning import (
     decode_selected,
     encode_choice,
 )
+from rcmd_pipeline.recommenders.content import ContentTable
 from rcmd_pipeline.recommenders.history import (
     HISTORY_BINS,
     Queries,
@@ -48,6 +49,7 @@ from rcmd_pipeline.recommenders.history import (
     queries_to_arrays,
 )
 from rcmd_pipeline.recommenders.registry import REGISTRY, Needs, Strategy
+from rcmd_pipeline.recommenders.rerank import CONTENT_PREFIX
 from rcmd_pipeline.recommenders.training import leakage_cutoff
 from rcmd_pipeline.resources.lazy_input import LAZY, LazyValue
 from rcmd_pipeline.resources.local_state import LocalStateDir
@@ -228,16 +230,15 @@ def build_sequence_tuning(registry: Sequence[Strategy] = REGISTRY):
     """``sequence_tuning`` for the strategies of ``registry``: with ``seq_rerank`` among them, it also
     chooses and fits the re-ranker (and its version says so: adding or removing it recomputes)."""
     rerank = any(strategy.name == "seq_rerank" for strategy in registry)
+    ins = {"movielens_ratings": AssetIn(metadata={"columns": ["userId", "movieId", "timestamp"]},
+                                        input_manager_key=LAZY),
+           "eval_transitions": AssetIn(metadata={"columns": ["timestamp"]}, input_manager_key=LAZY)}
+    if rerank:  # the re-ranker's content part: genres, language, series and votes of the TMDB details
+        ins["tmdb_movie_info_kr"] = AssetIn(input_manager_key=LAZY)
 
-    @asset(
-        group_name=GROUP,
-        kinds={"python", "numpy"},
-        ins={"movielens_ratings": AssetIn(metadata={"columns": ["userId", "movieId", "timestamp"]},
-                                          input_manager_key=LAZY),
-             "eval_transitions": AssetIn(metadata={"columns": ["timestamp"]}, input_manager_key=LAZY)},
-    )
+    @asset(group_name=GROUP, kinds={"python", "numpy"}, ins=ins)
     def sequence_tuning(context: AssetExecutionContext, config: SequenceTuningConfig, local_state: LocalStateDir,
-                        movielens_ratings: LazyValue, eval_transitions: LazyValue) -> Output:
+                        movielens_ratings: LazyValue, eval_transitions: LazyValue, **details: LazyValue) -> Output:
         """The parameters of the sequence strategies and the blend weights of ``seq_hybrid``, chosen on a
         validation window; the evaluation window is never used for choosing.
 
@@ -250,8 +251,12 @@ def build_sequence_tuning(registry: Sequence[Strategy] = REGISTRY):
         """
         pairs = eval_transitions.load()  # its timestamps only: small
         settings_ = evaluation_settings(pairs)
-        version = versioning.inputs_version(context, config=config, upstream=["movielens_ratings", "eval_transitions"],
-                                            extra=(*settings_, "seq_rerank") if rerank else settings_)
+        # the TMDB details enter by what the content part reads of them (not the overviews, which change
+        # nightly): their version is a digest of the content table
+        content = ContentTable.from_frame(details["tmdb_movie_info_kr"].load()) if rerank else None
+        version = versioning.inputs_version(
+            context, config=config, upstream=["movielens_ratings", "eval_transitions"],
+            extra=(*settings_, "seq_rerank", content.digest()) if rerank else settings_)
         previous = versioning.unchanged_since(context, version, versioning.value_is_stored(context))
         if previous is not None:
             return versioning.kept(context, version, previous)
@@ -268,14 +273,14 @@ def build_sequence_tuning(registry: Sequence[Strategy] = REGISTRY):
             ratings_before_evaluation, cutoff, *settings_, k=config.k,
             fixed={"slist": {"min_count": config.slist_min_count, "max_items": config.slist_max_items}},
             log=context.log.info, max_training_ratings=config.max_training_ratings,
-            rerank=RerankOptions() if rerank else None)
+            rerank=RerankOptions(content=content) if rerank else None)
         rows = ["| strategy | validation HitRatio@k | inner split | chosen |", "|---|---:|---:|---|"]
         rows += [f"| {name} | {hr:.4f} | "
                  + (f"{choice.inner_hit_ratio[name]:.4f}" if name in choice.inner_hit_ratio else "")
                  + f" | {_short_choice(choice.chosen.get(name, 'its default (not tuned)'))} |"
                  for name, hr in sorted(choice.validation_hit_ratio.items(), key=lambda kv: -kv[1])]
         metadata = {
-            "chosen": MetadataValue.json(choice.chosen),
+            "chosen": MetadataValue.json(_without_arrays(choice.chosen)),
             "selected_on_validation": choice.selected,
             "validation": MetadataValue.md("\n".join(rows) + SELECTION_NOTE),
             **({"seq_rerank_weights": MetadataValue.md(_weights_markdown(choice.chosen["seq_rerank"]))}
@@ -295,22 +300,36 @@ def build_sequence_tuning(registry: Sequence[Strategy] = REGISTRY):
     return sequence_tuning
 
 
+def _without_arrays(chosen: dict) -> dict:
+    """The choice as metadata: the re-ranker's stored content table (thousands of ids) and trees (LightGBM's
+    model text, about a megabyte) left out; the table ``seq_rerank_weights`` shows what the trees use."""
+    return {name: {key: value for key, value in params.items()
+                   if not key.startswith(CONTENT_PREFIX) and key != "booster"}
+            for name, params in chosen.items()}
+
+
 SELECTION_NOTE = (
     "\n\nValidation HitRatio@k: each setting fitted before the validation window and scored on it (the blend's "
     "weights and the re-ranker's fit are chosen on those same pairs, so theirs is in sample). Inner split: the "
     "validation pairs in time order, fitted (weights tuned) on one half and scored on the other, both ways; "
     "`selected_on_validation` is the better of `seq_hybrid` and `seq_rerank` there.")
-_ARRAYS = ("part_names", "feature_names", "weights", "mean", "std")
+_ARRAYS = ("part_names", "feature_names", "weights", "mean", "std", "booster")
 
 
 def _short_choice(chosen) -> str:
     """A chosen setting without the re-ranker's fitted arrays (they have their own table)."""
-    return str({k: v for k, v in chosen.items() if k not in _ARRAYS}) if isinstance(chosen, dict) else str(chosen)
+    return str({k: v for k, v in chosen.items() if k not in _ARRAYS and not k.startswith(CONTENT_PREFIX)}) \
+        if isinstance(chosen, dict) else str(chosen)
 
 
 def _weights_markdown(chosen: dict, top: int = 25) -> str:
     """The re-ranker's largest weights (of standardised features), by absolute value."""
     pairs = sorted(zip(chosen["feature_names"], chosen["weights"], strict=True), key=lambda fw: -abs(fw[1]))
+    if chosen.get("booster"):  # trees: each feature's share of their gain
+        lines = [f"{len(pairs)} features over {', '.join(chosen['part_names'])}; gradient-boosted trees "
+                 f"(LambdaMART): the {min(top, len(pairs))} features with the largest share of the trees' gain:", "",
+                 "| feature | share of gain |", "|---|---:|"]
+        return "\n".join(lines + [f"| {name} | {share:.4f} |" for name, share in pairs[:top]])
     lines = [f"{len(pairs)} features over {', '.join(chosen['part_names'])}; the {min(top, len(pairs))} largest "
              "weights (standardised features):", "", "| feature | weight |", "|---|---:|"]
     return "\n".join(lines + [f"| {name} | {weight:+.4f} |" for name, weight in pairs[:top]])

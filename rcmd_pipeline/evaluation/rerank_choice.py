@@ -31,15 +31,19 @@ import pandas as pd
 
 from rcmd_pipeline.evaluation.metrics import hits_at_k
 from rcmd_pipeline.lib.blas import blas_threads
+from rcmd_pipeline.recommenders.content import ContentNeighbours, ContentTable, content_features
 from rcmd_pipeline.recommenders.history import Queries
 from rcmd_pipeline.recommenders.next_movie import NextMovieRecommender
 from rcmd_pipeline.recommenders.popularity import PopularityRecommender
 from rcmd_pipeline.recommenders.rerank import (
     BASE_PARTS,
+    CONTENT_PART,
+    CONTENT_PREFIX,
     SEQUENCE_PARTS,
     Candidates,
     candidates,
     features,
+    fit_boosted,
     fit_or_zero,
     history_band,
     log_counts,
@@ -51,7 +55,7 @@ from rcmd_pipeline.recommenders.rerank import (
 from rcmd_pipeline.recommenders.seq_hybrid import PrevOnly, blend_lists
 from rcmd_pipeline.recommenders.sequence import fit_model
 
-RERANK_GRID = [{"views": views, "scores": views, "l2": l2, "earlier": 1}
+RERANK_GRID = [{"model": "logit", "views": views, "scores": views, "l2": l2, "earlier": 1}
                for views in (False, True) for l2 in (1e-3, 1e-2, 1e-1)]
 """What the inner split chooses: the three sequence models' previous-movie views as parts of their own and
 the sequence models' scores (divided by the query's best) beside their ranks, both or neither; the L2
@@ -59,6 +63,11 @@ strength. One earlier window of training queries. Cut from views x scores x L2 x
 (``eval_real_small.py --rerank --rerank-grid full``; docs/evaluation.md): on the demo and the real data the
 earlier window raised the inner figure (demo 0.7190 -> 0.7210, real 0.183 -> 0.192), a second one changed it
 by one or two pairs, views and scores apart never won, and each point costs two fits."""
+BOOST_ROUNDS = 300
+"""LambdaMART's trees per fit (``rerank.fit_boosted``)."""
+RERANK_GRID = [*RERANK_GRID, {"views": True, "scores": True, "model": "boosted", "rounds": BOOST_ROUNDS, "earlier": 1}]
+"""... and gradient-boosted trees (LambdaMART, LightGBM) over the same features with the views and scores:
+a non-linear ranker, the usual second stage in practice."""
 MAX_ITER = 200
 """L-BFGS iterations of each fit (unless the grid has a ``max_iter``)."""
 DEPTH = 50
@@ -126,17 +135,27 @@ def query_window(queries: Queries, actual: np.ndarray, states: dict, popular: tu
                        np.asarray(popular[0], dtype=np.int64), np.asarray(popular[1], dtype=np.int64))
 
 
-def fitted_window(earlier: EarlierWindow, chosen: dict, depth: int) -> QueryWindow:
+def fitted_window(earlier: EarlierWindow, chosen: dict, depth: int, content: ContentTable | None = None) -> QueryWindow:
     """An earlier window with the chosen parts fitted on its own training ratings."""
     states = {n: fit_model(n, *earlier.train, chosen[n]) for n in SEQUENCE_PARTS}
-    return query_window(earlier.queries, earlier.actual, states, earlier.popular, depth, train=earlier.train)
+    return with_content(query_window(earlier.queries, earlier.actual, states, earlier.popular, depth,
+                                     train=earlier.train), content, depth)
+
+
+def with_content(w: QueryWindow, content: ContentTable | None, depth: int) -> QueryWindow:
+    """The window with the content neighbours' lists (ties by the window's own rating counts); as it is
+    without ``content``."""
+    if content is not None and CONTENT_PART not in w.lists:
+        part = ContentNeighbours.build(content, w.popular_ids, w.popular_counts, depth)
+        w.lists[CONTENT_PART] = part.recommend_queries(w.queries, depth)
+    return w
 
 
 def window_features(w: QueryWindow, views: bool, scores: bool, extra: Callable | None = None,
-                    idx: np.ndarray | None = None) -> tuple[Candidates, np.ndarray, list[str]]:
-    """The window's candidates and float32 feature matrix for one (views, scores) setting; with ``idx``
-    (sorted), of those queries only (renumbered 0..len(idx)-1)."""
-    names = part_names(views)
+                    idx: np.ndarray | None = None, content: bool = False) -> tuple[Candidates, np.ndarray, list[str]]:
+    """The window's candidates and float32 feature matrix for one (views, scores, content) setting; with
+    ``idx`` (sorted), of those queries only (renumbered 0..len(idx)-1)."""
+    names = part_names(views, content)
     q = w.queries if idx is None else subset_queries(w.queries, idx)
     lists = [w.lists[n] if idx is None else w.lists[n][idx] for n in names]
     c = candidates(q, lists)
@@ -148,18 +167,36 @@ def window_features(w: QueryWindow, views: bool, scores: bool, extra: Callable |
 
 @dataclass(frozen=True)
 class Block:
-    """Candidates, features and next movies of some queries (rows 0..n-1)."""
+    """Candidates, features and next movies of some queries (rows 0..n-1), standing for ``n`` queries:
+    the others, whose next movie is no candidate, are misses whatever the scores (and teach a fit
+    nothing), so their features are never built (at MovieLens-32M scale three queries in four)."""
 
     c: Candidates
     x: np.ndarray
     actual: np.ndarray
+    n: int
 
 
 def block_hit_ratio(block: Block, fitted, k: int, rows: int = 1 << 16) -> float:
-    """HitRatio@k of the fitted weights on a block (scores a block of rows at a time, in float64)."""
-    score = np.concatenate([((block.x[s:s + rows] - fitted.mean) / fitted.std) @ fitted.weights
-                            for s in range(0, len(block.x), rows)]) if len(block.x) else np.zeros(0)
-    return float(hits_at_k(rank_candidates(block.c, score, k), block.actual, k).mean())
+    """HitRatio@k of the fitted scorer over the ``block.n`` queries (scores a block of rows at a time)."""
+    score = fitted.score(block.x, rows)
+    return float(hits_at_k(rank_candidates(block.c, score, k), block.actual, k).sum()) / max(block.n, 1)
+
+
+def usable_queries(w: QueryWindow, views: bool, content: bool, idx: np.ndarray | None = None) -> np.ndarray:
+    """The queries of ``w`` (of ``idx``, sorted) whose next movie is among their candidates, sorted."""
+    names = part_names(views, content)
+    sel = np.arange(len(w.actual)) if idx is None else np.asarray(idx)
+    c = candidates(subset_queries(w.queries, sel), [w.lists[n][sel] for n in names])
+    return sel[np.unique(c.rows[c.ids == w.actual[sel][c.rows]])]
+
+
+def usable_block(w: QueryWindow, views: bool, scores: bool, extra: Callable | None, content: bool,
+                 idx: np.ndarray | None = None) -> tuple[Block, list[str]]:
+    """The :class:`Block` of ``w``'s queries (or of ``idx``), built for the usable ones only."""
+    use = usable_queries(w, views, content, idx)
+    c, x, cols = window_features(w, views, scores, extra, use, content)
+    return Block(c, x, w.actual[use], len(w.actual) if idx is None else len(idx)), cols
 
 
 def subset_queries(q: Queries, idx: np.ndarray) -> Queries:
@@ -193,18 +230,19 @@ class RerankChoice:
 
 def choose_rerank(validation: QueryWindow, earlier: list[EarlierWindow], chosen: dict, blend_tuner: Callable,
                   k: int = 10, grid: dict | None = None, max_iter: int = MAX_ITER, depth: int = DEPTH,
-                  extra: Callable | None = None, log: Callable[[str], None] | None = None) -> RerankChoice:
+                  extra: Callable | None = None, log: Callable[[str], None] | None = None,
+                  content: ContentTable | None = None) -> RerankChoice:
     """The re-ranker's setting chosen by the inner split of the validation pairs, then fitted on them
     (and on the earlier windows it chose). ``chosen``: the sequence models' chosen parameters (refitted
     on each earlier window); ``blend_tuner(lists, queries, actual)``: the blend's weights (``tune_blend``),
     for its inner figure. The fits run with one BLAS thread (``lib/blas.py``: faster here)."""
     with blas_threads(1):
-        return _choose_rerank(validation, earlier, chosen, blend_tuner, k, grid, max_iter, depth, extra, log)
+        return _choose_rerank(validation, earlier, chosen, blend_tuner, k, grid, max_iter, depth, extra, log, content)
 
 
 def _choose_rerank(validation: QueryWindow, earlier: list[EarlierWindow], chosen: dict, blend_tuner: Callable,
                    k: int, grid: dict | None, max_iter: int, depth: int, extra: Callable | None,
-                   log: Callable[[str], None] | None) -> RerankChoice:
+                   log: Callable[[str], None] | None, content: ContentTable | None = None) -> RerankChoice:
     say = log or (lambda message: None)
     started = time.perf_counter()
     grid = RERANK_GRID if grid is None else grid
@@ -212,7 +250,10 @@ def _choose_rerank(validation: QueryWindow, earlier: list[EarlierWindow], chosen
 
     points = expand_grid(grid)
     need_earlier = max(p.get("earlier", 0) for p in points)
-    windows = [validation] + [fitted_window(w, chosen, depth) for w in earlier[:need_earlier]]
+    with_content(validation, content, depth)
+    windows = [validation] + [fitted_window(w, chosen, depth, content) for w in earlier[:need_earlier]]
+    if content is not None:
+        extra = _joined(extra, content_features(content))
     if need_earlier > len(earlier):
         raise ValueError(f"the grid asks for {need_earlier} earlier windows, {len(earlier)} were given")
     say(f"seq_rerank: {len(validation.actual)} validation queries, {need_earlier} earlier window(s) of "
@@ -233,17 +274,13 @@ def _choose_rerank(validation: QueryWindow, earlier: list[EarlierWindow], chosen
     settings = list(dict.fromkeys((p["views"], p["scores"]) for p in points))
     for views, scores in settings:
         blocks = [None]  # the validation window only as its halves, built apart (no copy of the whole)
-        for w in windows[1:]:
-            c, x, cols = window_features(w, views, scores, extra)
-            blocks.append(Block(c, x, w.actual))
-        val_halves = [Block(*window_features(validation, views, scores, extra, h)[:2], validation.actual[h])
-                      for h in half]
+        blocks += [usable_block(w, views, scores, extra, content is not None)[0] for w in windows[1:]]
+        val_halves = [usable_block(validation, views, scores, extra, content is not None, h)[0] for h in half]
         for point in (p for p in points if (p["views"], p["scores"]) == (views, scores)):
             used = blocks[1:1 + point.get("earlier", 0)]
             hrs = []
             for fit_half in (0, 1):
-                fitted = fit_or_zero([(b.x, b.c, b.actual) for b in (*used, val_halves[fit_half])], point["l2"],
-                                     point.get("max_iter", max_iter))
+                fitted = _fit(point, [(b.x, b.c, b.actual) for b in (*used, val_halves[fit_half])], max_iter)
                 hrs.append(block_hit_ratio(val_halves[1 - fit_half], fitted, k))
             hr = float(np.mean(hrs))
             rows.append({**point, "hit_ratio_first_to_second": hrs[0], "hit_ratio_second_to_first": hrs[1],
@@ -253,25 +290,42 @@ def _choose_rerank(validation: QueryWindow, earlier: list[EarlierWindow], chosen
                 best = (hr, point)
         del blocks, val_halves
     hr, point = best
-    built = [window_features(w, point["views"], point["scores"], extra) for w in windows[:1 + point.get("earlier", 0)]]
-    cols = built[0][2]
-    blocks = [Block(c, x, w.actual) for (c, x, _), w in zip(built, windows, strict=False)]
+    built = [usable_block(w, point["views"], point["scores"], extra, content is not None)
+             for w in windows[:1 + point.get("earlier", 0)]]
+    cols = built[0][1]
+    blocks = [block for block, _ in built]
     del built
     max_iter = point.get("max_iter", max_iter)
-    fitted = fit_or_zero([(b.x, b.c, b.actual) for b in (*blocks[1:], blocks[0])], point["l2"], max_iter)
+    fitted = _fit(point, [(b.x, b.c, b.actual) for b in (*blocks[1:], blocks[0])], max_iter)
     in_sample = block_hit_ratio(blocks[0], fitted, k)
-    recall = float(np.isin(np.arange(blocks[0].c.n_queries),
-                           blocks[0].c.rows[blocks[0].c.ids == blocks[0].actual[blocks[0].c.rows]]).mean())
+    recall = blocks[0].c.n_queries / max(blocks[0].n, 1)
     say(f"seq_rerank: chose {point} (inner HR@{k} {hr:.4f}, the blend's {hybrid_inner:.4f}); fitted on "
-        f"{sum(b.c.n_queries for b in blocks)} queries ({fitted.queries_used} with the next movie among the "
+        f"{sum(b.n for b in blocks)} queries ({fitted.queries_used} with the next movie among the "
         f"candidates; converged: {fitted.converged}); {time.perf_counter() - started:.1f} s")
     out = {**point, "max_iter": int(max_iter), "depth": int(depth), "interactions": True, "exclude_seen": True,
-           "part_names": part_names(point["views"]), "feature_names": cols,
+           "part_names": part_names(point["views"], content is not None), "feature_names": cols,
            "weights": [float(v) for v in fitted.weights], "mean": [float(v) for v in fitted.mean],
-           "std": [float(v) for v in fitted.std]}
+           "std": [float(v) for v in fitted.std], "booster": fitted.booster,
+           **({key: value.tolist() for key, value in content.arrays(CONTENT_PREFIX).items()} if content is not None
+              else {})}
     info = {"queries_used": fitted.queries_used, "converged": fitted.converged, "candidate_recall": recall,
             "hybrid_inner_halves": hybrid, "seconds": round(time.perf_counter() - started, 2)}
     return RerankChoice(out, hr, hybrid_inner, in_sample, pd.DataFrame(rows), info)
+
+
+def _fit(point: dict, blocks: list, max_iter: int):
+    """The point's model on the blocks: the conditional logit (L2 ``l2``, L-BFGS) or, with ``model``
+    "boosted", LambdaMART trees (``rounds``)."""
+    if point.get("model", "logit") == "boosted":
+        return fit_boosted(blocks, int(point.get("rounds", BOOST_ROUNDS)))
+    return fit_or_zero(blocks, point["l2"], point.get("max_iter", max_iter))
+
+
+def _joined(first: Callable | None, second: Callable) -> Callable:
+    """Two feature functions as one (``first``'s columns, then ``second``'s)."""
+    if first is None:
+        return second
+    return lambda q, c: {**first(q, c), **second(q, c)}
 
 
 @dataclass(frozen=True)
@@ -283,6 +337,8 @@ class RerankOptions:
     max_iter: int = MAX_ITER
     extra: Callable | None = None
     """further features, ``(queries, candidates) -> {name: column}`` (a benchmark's trial; not stored)"""
+    content: ContentTable | None = None
+    """the catalogue's TMDB metadata: the content neighbours become a part and their similarities features"""
 
     @property
     def earlier(self) -> int:

@@ -364,7 +364,7 @@ def choose_sequence_parameters(ratings: Callable[[], tuple], final_cutoff: int, 
     result = choose_rerank(validation, earlier, chosen,
                            lambda part_lists, q, a: tune_blend(part_lists, q, a, k, exclude_seen=True).params,
                            k=k, grid=rerank.grid, max_iter=rerank.max_iter, depth=max(depth, k), extra=rerank.extra,
-                           log=say)
+                           log=say, content=rerank.content)
     chosen["seq_rerank"], scores["seq_rerank"], tables["seq_rerank"] = (result.chosen, result.validation_hit_ratio,
                                                                         result.table)
     inner = {"seq_hybrid": result.hybrid_inner_hit_ratio, "seq_rerank": result.inner_hit_ratio}

@@ -299,8 +299,10 @@ def _seq_rerank_state(inputs: BuildInputs, params: BaseModel) -> State:
 
 
 def _load_seq_rerank(state: State, ctx: QueryContext) -> Reranker:
-    """The stored weights over the parts refitted before the evaluation window (their model assets); the
-    views are the same sequence states scored from the previous movie; log counts from ``popularity``."""
+    """The stored weights (or trees) over the parts refitted before the evaluation window (their model
+    assets); the views are the same sequence states scored from the previous movie; log counts from
+    ``popularity``; the content neighbours from the TMDB metadata stored in the state (``sequence_tuning``
+    read it from ``tmdb_movie_info_kr``), ties ordered by ``popularity``'s counts."""
     parts = ctx.parts
     popularity = PopularityRecommender.from_state(parts["popularity"])
     next_movie = PrevOnly(NextMovieRecommender.from_state(parts["next_movie"], fallback=popularity), "next_movie")
@@ -310,8 +312,9 @@ def _load_seq_rerank(state: State, ctx: QueryContext) -> Reranker:
 
 SEQ_RERANK = Strategy(
     name="seq_rerank",
-    summary="a learned re-ranker (conditional logit) of the candidates of next-movie, sequential rules, item-kNN "
-            "and SLIST, the user's rated movies excluded, chosen and fitted on the validation window",
+    summary="a learned re-ranker (conditional logit or LambdaMART trees) of the candidates of next-movie, "
+            "sequential rules, item-kNN, SLIST and the previous movie's TMDB content neighbours, the user's rated "
+            "movies excluded, chosen and fitted on the validation window",
     needs=frozenset({Needs.TUNED, Needs.HISTORY}),
     parts=("next_movie", "popularity", "seq_rules", "item_knn", "slist"),
     build=_seq_rerank_state,

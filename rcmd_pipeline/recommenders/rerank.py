@@ -33,12 +33,14 @@ Plain numpy/scipy, no Dagster imports.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import minimize
 
 from rcmd_pipeline.recommenders.base import PAD, append_usable
+from rcmd_pipeline.recommenders.content import NEIGHBOURS, ContentNeighbours, ContentTable, content_features
 from rcmd_pipeline.recommenders.history import Queries, history_lengths
 from rcmd_pipeline.recommenders.sequence_scoring import _excluded, _single_item_queries
 
@@ -59,9 +61,15 @@ def view_name(name: str) -> str:
     return f"{name}@prev"
 
 
-def part_names(views: bool) -> list[str]:
-    """The lists the re-ranker reads: the blend's parts, then (``views``) the sequence models' views."""
-    return [*BASE_PARTS, *(view_name(n) for n in SEQUENCE_PARTS)] if views else list(BASE_PARTS)
+CONTENT_PART = "content"
+"""The previous movie's content neighbours (``content.py``), a part when the TMDB details are given."""
+
+
+def part_names(views: bool, content: bool = False) -> list[str]:
+    """The lists the re-ranker reads: the blend's parts, then (``views``) the sequence models' views,
+    then (``content``) the previous movie's content neighbours."""
+    names = [*BASE_PARTS, *(view_name(n) for n in SEQUENCE_PARTS)] if views else list(BASE_PARTS)
+    return [*names, CONTENT_PART] if content else names
 
 
 def view_models(states: dict) -> dict:
@@ -80,15 +88,22 @@ def sequence_members(next_movie, states: dict) -> dict:
             **view_models({n: states[n] for n in SEQUENCE_PARTS})}
 
 
+CONTENT_PREFIX = "content_"
+"""The content table's arrays in a state or choice (``content_ids``, ``content_genres``, ...)."""
+
+
 def state_from_choice(chosen: dict) -> dict[str, np.ndarray]:
     """The ``seq_rerank`` model's arrays from what ``sequence_tuning`` chose and fitted (lists and values)."""
-    return {"part_names": np.array(chosen["part_names"], dtype=str),
+    content = {key: np.asarray(value, dtype=np.int64) for key, value in chosen.items()
+               if key.startswith(CONTENT_PREFIX)}
+    return {**content, "part_names": np.array(chosen["part_names"], dtype=str),
             "feature_names": np.array(chosen["feature_names"], dtype=str),
             "weights": np.array(chosen["weights"], dtype=np.float64),
             "mean": np.array(chosen["mean"], dtype=np.float64),
             "std": np.array(chosen["std"], dtype=np.float64), "interactions": np.array(bool(chosen["interactions"])),
             "depth": np.array(int(chosen["depth"])), "exclude_seen": np.array(bool(chosen["exclude_seen"])),
-            "use_scores": np.array(bool(chosen["scores"]))}
+            "use_scores": np.array(bool(chosen["scores"])),
+            "booster": np.array(str(chosen.get("booster", "")))}
 
 
 @dataclass(frozen=True)
@@ -246,11 +261,70 @@ def softmax_loss(w: np.ndarray, x: np.ndarray, rows: np.ndarray, positive: np.nd
 
 @dataclass(frozen=True)
 class Fitted:
+    """A fitted scorer of candidates: linear (``weights`` of the standardised features) or, with a
+    ``booster`` (LightGBM's model text), gradient-boosted trees over the raw features; then ``weights``
+    holds each feature's share of the trees' total gain (for reading, not for scoring)."""
+
     weights: np.ndarray
     mean: np.ndarray
     std: np.ndarray
     queries_used: int
     converged: bool
+    booster: str = ""
+
+    def score(self, x: np.ndarray, rows: int = 1 << 16) -> np.ndarray:
+        """Each row's score (higher: better), a block of rows at a time."""
+        if len(x) == 0:
+            return np.zeros(0)
+        if self.booster:
+            model = _booster(self.booster)
+            return np.concatenate([model.predict(x[s:s + rows], num_threads=BOOST_THREADS)
+                                   for s in range(0, len(x), rows)])
+        return np.concatenate([((x[s:s + rows] - self.mean) / self.std) @ self.weights for s in range(0, len(x), rows)])
+
+
+BOOST_PARAMS = {"objective": "lambdarank", "learning_rate": 0.05, "num_leaves": 31, "min_data_in_leaf": 50,
+                "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1, "lambdarank_truncation_level": 20,
+                "seed": 0, "deterministic": True, "force_row_wise": True, "verbose": -1}
+"""LightGBM's LambdaMART (``lambdarank``: gradients of NDCG over each query's candidates) with the usual
+regularisation by row and feature sampling; ``deterministic`` and a fixed seed: the same data, the same
+trees (the choice is tested to be repeatable). Not tuned beyond the number of rounds (the grid's)."""
+BOOST_THREADS = 2
+
+
+@functools.lru_cache(maxsize=4)
+def _booster(text: str):
+    import lightgbm
+
+    return lightgbm.Booster(model_str=text)
+
+
+def fit_boosted(blocks: list[tuple[np.ndarray, Candidates, np.ndarray]], rounds: int = 300) -> Fitted:
+    """LambdaMART (:data:`BOOST_PARAMS`) on the queries whose next movie is among their candidates (label 1
+    for it, 0 for the others), several batches at once; copies only those queries' rows (float32).
+    All-zero scores (first-listing order) when no query has its next movie among its candidates."""
+    import lightgbm
+
+    xs, labels, groups = [], [], []
+    for x, c, actual in blocks:
+        positive = c.ids == np.asarray(actual, dtype=np.int64)[c.rows]
+        has = np.zeros(c.n_queries, dtype=bool)
+        has[c.rows[positive]] = True
+        keep = has[c.rows]
+        xs.append(np.asarray(x[keep], dtype=np.float32))
+        labels.append(positive[keep].astype(np.float32))
+        groups.append(np.bincount(c.rows[keep], minlength=c.n_queries)[has])
+    width = blocks[0][0].shape[1]
+    used = int(sum(len(g) for g in groups))
+    if used == 0:
+        return Fitted(np.zeros(width), np.zeros(width), np.ones(width), 0, True)
+    data = lightgbm.Dataset(np.concatenate(xs), np.concatenate(labels), group=np.concatenate(groups),
+                            free_raw_data=True)
+    del xs
+    model = lightgbm.train({**BOOST_PARAMS, "num_threads": BOOST_THREADS}, data, num_boost_round=int(rounds))
+    gain = model.feature_importance(importance_type="gain").astype(np.float64)
+    share = gain / gain.sum() if gain.sum() > 0 else gain
+    return Fitted(share, np.zeros(width), np.ones(width), used, True, model.model_to_string())
 
 
 def fit_conditional_logit(x: np.ndarray, c: Candidates, actual: np.ndarray, l2: float = 0.01,
@@ -398,7 +472,15 @@ class Reranker:
     def __init__(self, parts: dict, part_names: list[str], fitted: Fitted, popular_ids: np.ndarray,
                  popular_counts: np.ndarray, interactions: bool = True, depth: int = 50,
                  exclude_seen: bool = True, use_scores: bool = False, extra_features=None,
-                 feature_names: list[str] | None = None) -> None:
+                 feature_names: list[str] | None = None, content: ContentTable | None = None) -> None:
+        self.content = content
+        if content is not None:  # its neighbours a part (when read), its similarities features
+            if CONTENT_PART in part_names and CONTENT_PART not in parts:
+                parts = {**parts, CONTENT_PART: ContentNeighbours.build(content, popular_ids, popular_counts,
+                                                                        max(int(depth), NEIGHBOURS))}
+            similarity = content_features(content)
+            extra_features = similarity if extra_features is None else (
+                lambda q, c, first=extra_features: {**first(q, c), **similarity(q, c)})
         missing = [n for n in part_names if n not in parts]
         if missing:
             raise ValueError(f"no part for {missing}")
@@ -420,22 +502,27 @@ class Reranker:
     def state(self) -> dict[str, np.ndarray]:
         """The fitted re-ranker as arrays: its weights and standardisation, the parts it reads and how."""
         state = {"part_names": np.array(self.part_names, dtype=str), "weights": self.fitted.weights,
+                 "booster": np.array(self.fitted.booster),
                  "mean": self.fitted.mean, "std": self.fitted.std, "interactions": np.array(self.interactions),
                  "depth": np.array(self.depth), "exclude_seen": np.array(self.exclude_seen),
                  "use_scores": np.array(self.use_scores)}
         if self.feature_names is not None:
             state["feature_names"] = np.array(self.feature_names, dtype=str)
+        if self.content is not None:
+            state.update(self.content.arrays(CONTENT_PREFIX))
         return state
 
     @classmethod
     def from_state(cls, state: dict, parts: dict, popular_ids: np.ndarray, popular_counts: np.ndarray,
                    extra_features=None) -> Reranker:
         fitted = Fitted(np.asarray(state["weights"], np.float64), np.asarray(state["mean"], np.float64),
-                        np.asarray(state["std"], np.float64), 0, True)
+                        np.asarray(state["std"], np.float64), 0, True,
+                        str(np.asarray(state["booster"]).item()) if "booster" in state else "")
         names = [str(n) for n in state["feature_names"]] if "feature_names" in state else None
+        content = ContentTable.from_arrays(state, CONTENT_PREFIX) if f"{CONTENT_PREFIX}ids" in state else None
         return cls(parts, [str(n) for n in state["part_names"]], fitted, popular_ids, popular_counts,
                    bool(state["interactions"]), int(state["depth"]), bool(state["exclude_seen"]),
-                   bool(state["use_scores"]), extra_features, names)
+                   bool(state["use_scores"]), extra_features, names, content)
 
     def score_lists(self, q: Queries, lists: list[np.ndarray], k: int) -> np.ndarray:
         """Top-k from the parts' lists already computed (``lists`` in ``part_names`` order)."""
@@ -447,7 +534,7 @@ class Reranker:
         if self.feature_names is not None and names != self.feature_names:
             raise ValueError("the stored re-ranker was fitted on other features than these parts give: "
                              f"{self.feature_names} != {names}")
-        score = ((x - self.fitted.mean) / self.fitted.std) @ self.fitted.weights
+        score = self.fitted.score(x)
         return fill_popular(rank_candidates(c, score, int(k)), q, self.popular_ids, self.exclude_seen)
 
     def recommend_queries(self, q: Queries, k: int) -> np.ndarray:
