@@ -8,6 +8,8 @@
     python benchmarks/eval_real_small.py --data both --rerank --rerank-grid full   # the grid the asset's was cut from
     python benchmarks/eval_real_small.py --data demo --rerank --rerank-max-iter 200,600
     python benchmarks/eval_real_small.py --data both --rerank --rerank-genres   # with a genre feature
+    python benchmarks/eval_real_small.py --data both --rerank --rerank-content  # what sequence_tuning does
+    python benchmarks/eval_real_small.py --data demo --rerank --rerank-grid trees  # the trees alone, no content
     python benchmarks/eval_real_small.py --scale benchmarks/work/ml32m/ratings.parquet   # fit time/RSS
     python benchmarks/eval_real_small.py --data none --tune-scale benchmarks/work/ml32m/ratings.parquet [--rerank]
 
@@ -498,8 +500,8 @@ def main() -> None:
                          "Jaccard and language as features (real data: benchmarks/work/real-small)")
     ap.add_argument("--rerank-genres", action="store_true",
                     help="with --rerank: add the genre Jaccard of each candidate with the previous movie as a feature")
-    ap.add_argument("--rerank-grid", choices=["asset", "full"], default="asset",
-                    help="with --rerank: sequence_tuning's grid, or the larger one it was cut from")
+    ap.add_argument("--rerank-grid", choices=["asset", "full", "trees"], default="asset",
+                    help="with --rerank: sequence_tuning's grid, the larger one it was cut from, or its trees' point")
     ap.add_argument("--rerank-max-iter", help="with --rerank: L-BFGS iterations to choose from, e.g. 200,600")
     ap.add_argument("--json", help="write each data set's summary and table to this JSON file")
     ap.add_argument("--scale", help="a 32M-row ratings.parquet: time each fit in its own process")
@@ -519,7 +521,9 @@ def main() -> None:
         return
     rerank = None
     if args.rerank:
-        grid = expand_grid(FULL_RERANK_GRID if args.rerank_grid == "full" else RERANK_GRID)
+        grid = expand_grid(FULL_RERANK_GRID if args.rerank_grid == "full" else
+                           [p for p in RERANK_GRID if p.get("model") == "boosted"] if args.rerank_grid == "trees"
+                           else RERANK_GRID)
         if args.rerank_max_iter:
             grid = [{**p, "max_iter": int(v)} for p in grid for v in args.rerank_max_iter.split(",")]
         rerank = RerankOptions(grid=grid)

@@ -122,6 +122,16 @@ def _strategies(train):
     weights = np.random.default_rng(11).standard_normal(n_features)
     out["seq_rerank"] = Reranker(members, names, Fitted(weights, np.zeros(n_features), np.ones(n_features), 0, True),
                                  pop.ranked_ids, pop.ranked_counts, depth=12, use_scores=True)
+    # ... and with the content part (its neighbours a part, its similarities with the history features)
+    ids = np.unique(train[1])
+    rng = np.random.default_rng(12)
+    content = ContentTable.from_records(ids, ["|".join(g for g in "ABCD" if rng.random() < 0.4) for _ in ids],
+                                        rng.choice(["en", "ko"], len(ids)), [0] * len(ids), rng.integers(0, 99, len(ids)))
+    width = n_features + 8 + 4 + 3 + 7  # + the content part's bands and 1/r, 4 similarities, band products, pairs
+    out["seq_rerank_content"] = Reranker(
+        members, [*names, "content"], Fitted(np.random.default_rng(13).standard_normal(width), np.zeros(width),
+                                             np.ones(width), 0, True),
+        pop.ranked_ids, pop.ranked_counts, depth=12, use_scores=True, content=content)
     return out
 
 

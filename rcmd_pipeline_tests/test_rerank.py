@@ -105,13 +105,20 @@ def test_softmax_loss_and_gradient_by_hand_and_by_finite_differences():
     assert np.allclose(grad, numeric, atol=1e-6)
 
 
-def test_fit_learns_the_feature_that_marks_the_next_movie_and_skips_queries_without_it():
-    rng = np.random.default_rng(0)
-    n, width = 60, 5
+def _queries_of_candidates(rng, n: int, width: int, without: int):
+    """``n`` queries of the candidates 1..width each, a random next movie among them except for the
+    first ``without`` queries (99: not among the candidates, no information, skipped by a fit)."""
     rows = np.repeat(np.arange(n), width)
     ids = np.tile(np.arange(1, width + 1), n)
     actual = rng.integers(1, width + 1, n)
-    actual[:3] = 99  # not among the candidates: no information, skipped
+    actual[:without] = 99
+    return rows, ids, actual
+
+
+def test_fit_learns_the_feature_that_marks_the_next_movie_and_skips_queries_without_it():
+    rng = np.random.default_rng(0)
+    n, width = 60, 5
+    rows, ids, actual = _queries_of_candidates(rng, n, width, without=3)
     signal = (ids == actual[rows]).astype(float) + 0.1 * rng.standard_normal(len(ids))
     noise = rng.standard_normal(len(ids))
     c = Candidates(rows, ids, np.ones((len(ids), 1), np.int64), n)
@@ -127,10 +134,7 @@ def test_boosted_trees_learn_a_non_linear_mark_of_the_next_movie_and_survive_the
     # the next movie is the candidate whose feature lies in a middle band: no linear order finds it
     rng = np.random.default_rng(1)
     n, width = 300, 6
-    rows = np.repeat(np.arange(n), width)
-    ids = np.tile(np.arange(1, width + 1), n)
-    actual = rng.integers(1, width + 1, n)
-    actual[:5] = 99  # not among the candidates: skipped
+    rows, ids, actual = _queries_of_candidates(rng, n, width, without=5)
     band = np.where(ids == actual[rows], rng.uniform(0.4, 0.6, len(ids)),
                     np.where(rng.random(len(ids)) < 0.5, rng.uniform(0, 0.3, len(ids)), rng.uniform(0.7, 1, len(ids))))
     x = np.column_stack([band, rng.standard_normal(len(ids))]).astype(np.float32)
