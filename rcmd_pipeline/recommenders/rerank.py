@@ -23,12 +23,16 @@ then a learned ranking of the candidates).
   fitted by L-BFGS on the mean negative log-likelihood of each query's next movie plus
   ``l2`` / 2 * |w|^2, features standardised (mean, std over the training candidates). Queries
   whose next movie is not a candidate carry no information for the order and are skipped.
-- **Ranking**: the k highest x . w per query; equal scores (to 12 decimals) go to the candidate
+  Or (:func:`fit_boosted`) gradient-boosted trees over the raw features: LightGBM's LambdaMART,
+  chosen against the logit on the validation window.
+- **Content** (optional, :class:`~rcmd_pipeline.recommenders.content.ContentTable`): the previous
+  movie's TMDB content neighbours as one more part, their similarities as further columns.
+- **Ranking**: the k highest scores per query; equal scores (to 12 decimals) go to the candidate
   listed first; rows short of candidates are filled with the most rated movies (as the parts do).
 
 The registry strategy ``seq_rerank`` (``registry.py``): ``sequence_tuning`` chooses and fits it on the
 validation window (``evaluation/rerank_choice.py``); its model asset stores :meth:`Reranker.state`.
-Plain numpy/scipy, no Dagster imports.
+Plain numpy/scipy (and LightGBM for the trees), no Dagster imports.
 """
 
 from __future__ import annotations
@@ -321,7 +325,7 @@ def fit_boosted(blocks: list[tuple[np.ndarray, Candidates, np.ndarray]], rounds:
         has = np.zeros(c.n_queries, dtype=bool)
         has[c.rows[positive]] = True
         keep = has[c.rows]
-        xs.append(np.asarray(x[keep], dtype=np.float32))
+        xs.append(np.asarray(x if keep.all() else x[keep], dtype=np.float32))  # one copy: the concatenation
         labels.append(positive[keep].astype(np.float32))
         groups.append(np.bincount(c.rows[keep], minlength=c.n_queries)[has])
     width = blocks[0][0].shape[1]
